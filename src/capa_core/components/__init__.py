@@ -1,0 +1,1 @@
+"""Component implementations, one module per backend; drivers are imported lazily."""
