@@ -1,0 +1,42 @@
+"""The components the conformance suite runs against: one Target per backend.
+
+A backend joins the suite by adding a Target here; the mixins in this package read its blocks and
+build a Runtime per test, isolated by a unique app id (state, lock, configuration) and unique
+topic names (pub/sub).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.services import require
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    blocks: frozenset[str]
+    # (unique token, a private temporary directory) -> the component's settings table
+    settings: Callable[[str, Path], dict[str, Any]]
+    service: str | None = None  # a server from tests/services.py that must be reachable
+
+    def table(self, unique: str, tmp: Path) -> dict[str, Any]:
+        if self.service is not None:
+            require(self.service)
+        return self.settings(unique, tmp)
+
+
+ALL = frozenset({"state", "pubsub", "configuration", "lock"})
+
+TARGETS: list[Target] = [
+    Target("memory", ALL, lambda u, tmp: {"url": f"memory://{u}"}),
+    Target("sqlite", ALL, lambda u, tmp: {"url": f"sqlite:///{tmp / 'capa.db'}"}),
+    # Targets of the server backends are added below, one line each.
+]
+
+
+def targets_for(block: str) -> list[Target]:
+    return [t for t in TARGETS if block in t.blocks]
