@@ -116,7 +116,8 @@ class _Consumer:
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         self.pubsub, self.topic, self.group = pubsub, topic, group
-        self.lease, self.max_attempts, self.dead_letter_topic = lease, max_attempts, dead_letter_topic
+        self.lease, self.max_attempts = lease, max_attempts
+        self.dead_letter_topic = dead_letter_topic
         self.retry_delay = retry_delay
         pubsub.ensure_group(topic, group)
         if dead_letter_topic is not None:

@@ -268,7 +268,9 @@ def _capa_from_env(env: Mapping[str, str]) -> dict[str, Any]:
             try:
                 out[key] = int(raw)
             except ValueError:
-                raise SettingsError(var, key, f"{raw!r} is not an integer", f"set {var}=3") from None
+                raise SettingsError(
+                    var, key, f"{raw!r} is not an integer", f"set {var}=3"
+                ) from None
         else:
             out[key] = raw
     return out
@@ -298,7 +300,9 @@ def _dapr_components(directory: Path) -> list[ComponentSpec]:
         try:
             documents = [d for d in yaml.safe_load_all(file.read_text(encoding="utf-8")) if d]
         except yaml.YAMLError as exc:
-            raise SettingsError(str(file), "(syntax)", f"cannot parse: {exc}", "fix the YAML") from None
+            raise SettingsError(
+                str(file), "(syntax)", f"cannot parse: {exc}", "fix the YAML"
+            ) from None
         for doc in documents:
             if not isinstance(doc, dict) or doc.get("kind") != "Component":
                 continue  # Dapr also keeps Configuration, Subscription... files here

@@ -192,7 +192,9 @@ class StateStore:
         requests: list[SetRequest | DeleteRequest] = []
         for op in operations:
             if isinstance(op, Upsert):
-                requests.append(self._set_request(op.key, op.value, op.etag, op.ttl, op.concurrency))
+                requests.append(
+                    self._set_request(op.key, op.value, op.etag, op.ttl, op.concurrency)
+                )
             elif isinstance(op, Delete):
                 requests.append(self._delete_request(op.key, op.etag, op.concurrency))
             else:

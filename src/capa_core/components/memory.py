@@ -114,9 +114,9 @@ class MemoryState(StateComponent):
             for op in operations:
                 # Check against the staged view so a later op sees an earlier op's effect.
                 current = staged.get(op.key)
-                if current is not None and current.expires_at is not None:
-                    if current.expires_at <= now:
-                        current = None
+                expires_at = current.expires_at if current is not None else None
+                if expires_at is not None and expires_at <= now:
+                    current = None
                 if op.etag is not None and (current is None or current.etag != op.etag):
                     raise ETagMismatch(op.key)
                 if isinstance(op, SetRequest):
@@ -131,7 +131,8 @@ class MemoryState(StateComponent):
     def keys(self, prefix: str) -> list[str]:
         with self._data.lock:
             now = time.time()
-            return [k for k in list(self._data.items) if k.startswith(prefix) and self._live(k, now)]
+            matching = [k for k in self._data.items if k.startswith(prefix)]
+            return [k for k in matching if self._live(k, now) is not None]
 
     def delete_prefix(self, prefix: str) -> int:
         with self._data.lock:
