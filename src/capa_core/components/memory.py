@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import ETagMismatch
 from ..spi import (
@@ -40,8 +41,11 @@ _namespaces_lock = threading.Lock()
 
 
 def _shared(block: str, metadata: Mapping[str, Any], factory: Callable[[], Any]) -> Any:
-    """The backing data of a named in-memory namespace, or a fresh private one."""
-    namespace = metadata.get("namespace")
+    """The backing data of a named in-memory namespace, or a fresh private one.
+
+    The name comes from ``namespace`` or from the URL's host part (``memory://NAME``).
+    """
+    namespace = metadata.get("namespace") or urlsplit(str(metadata.get("url", ""))).netloc
     if not namespace:
         return factory()
     with _namespaces_lock:
