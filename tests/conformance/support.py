@@ -1,0 +1,41 @@
+"""Helpers of the conformance tests: bounded polling and the name of the component under test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from capa_core import Runtime
+
+COMPONENT = "conf"  # the name the component under test gets in every Runtime
+
+
+class RuntimeFactory(Protocol):
+    """``make_runtime(app_id=None)``: another Runtime on the same backing store."""
+
+    def __call__(self, app_id: str | None = None) -> Runtime: ...
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+def stays(condition: Callable[[], Any], duration: float, interval: float = 0.02) -> bool:
+    """True when ``condition`` holds for the whole of ``duration`` seconds."""
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        if not condition():
+            return False
+        time.sleep(interval)
+    return bool(condition())
