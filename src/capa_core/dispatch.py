@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -34,6 +36,48 @@ class Interceptor(Protocol):
     def intercept(self, call: Call, proceed: Callable[[], Any]) -> Any: ...
 
 
+class MessageTracing(Protocol):
+    """Carries trace context across processes inside messages (CloudEvents attributes)."""
+
+    def inject(self, carrier: dict[str, Any]) -> None:
+        """Write the current trace context into an outgoing message's attributes."""
+
+    def process(
+        self, component: Component, topic: str, group: str, carrier: Mapping[str, Any]
+    ) -> AbstractContextManager[Any]:
+        """A span for handling one received message, continuing the publisher's trace."""
+
+
+# Interceptors installed process-wide (by an instrumentor) reach every Dispatcher, current and
+# future, so instrumenting does not depend on when Runtimes are made.
+_installed: list[Interceptor] = []
+_tracing: list[MessageTracing] = []
+_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+
+
+def install(interceptor: Interceptor, tracing: MessageTracing | None = None) -> None:
+    """Add ``interceptor`` (and message tracing) to every Dispatcher of the process."""
+    if interceptor not in _installed:
+        _installed.append(interceptor)
+    if tracing is not None and tracing not in _tracing:
+        _tracing.append(tracing)
+    for dispatcher in list(_dispatchers):
+        dispatcher.add_interceptor(interceptor)
+        if tracing is not None:
+            dispatcher.tracing = tracing
+
+
+def uninstall(interceptor: Interceptor, tracing: MessageTracing | None = None) -> None:
+    if interceptor in _installed:
+        _installed.remove(interceptor)
+    if tracing is not None and tracing in _tracing:
+        _tracing.remove(tracing)
+    for dispatcher in list(_dispatchers):
+        dispatcher.remove_interceptor(interceptor)
+        if dispatcher.tracing is tracing:
+            dispatcher.tracing = None
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Retries for calls that failed because the middleware was unreachable."""
@@ -51,7 +95,9 @@ class Dispatcher:
 
     def __init__(self, retry: RetryPolicy | None = None) -> None:
         self.retry = retry or RetryPolicy()
-        self.interceptors: tuple[Interceptor, ...] = ()
+        self.interceptors: tuple[Interceptor, ...] = tuple(_installed)
+        self.tracing: MessageTracing | None = _tracing[-1] if _tracing else None
+        _dispatchers.add(self)
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
         if interceptor not in self.interceptors:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .codec import Codec, JsonCodec
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, MessageTracing
 from .errors import PublishError
 from .spi import PubSubComponent
 from .types import Delivery, HandlerResult
@@ -40,6 +40,11 @@ class Message:
     _consumer: _Consumer | None = field(default=None, repr=False)
     _delivery: Delivery | None = field(default=None, repr=False)
     _settled: bool = field(default=False, repr=False)
+
+    @property
+    def carrier(self) -> Mapping[str, Any]:
+        """Where the publisher's trace context travels: the CloudEvent, or raw headers."""
+        return self.event or self.metadata
 
     def ack(self) -> None:
         """Done: the message will not be delivered again."""
@@ -137,6 +142,17 @@ class _Consumer:
             messages.append(self.pubsub.decode(self.topic, delivery, self))
         return messages
 
+    def receive(self, max_messages: int, timeout: float) -> list[Message]:
+        """Pull for an application: each message gets a receive span in its publisher's trace."""
+        messages = self.pull(max_messages, timeout)
+        tracing = self.pubsub.tracing
+        if tracing is not None:
+            for message in messages:
+                with tracing.process(self.pubsub.component, self.topic, self.group,
+                                     message.carrier):
+                    pass
+        return messages
+
     def ack(self, message: Message) -> None:
         assert message._delivery is not None
         self.pubsub.lease_keeper.release(self.topic, self.group, message._delivery.id)
@@ -210,8 +226,15 @@ class Subscription:
                 self._handle(message)
 
     def _handle(self, message: Message) -> None:
+        tracing = self._consumer.pubsub.tracing
         try:
-            result = self._handler(message)
+            if tracing is None:
+                result = self._handler(message)
+            else:
+                with tracing.process(
+                    self._consumer.pubsub.component, self.topic, self.group, message.carrier
+                ):
+                    result = self._handler(message)
         except Exception:
             log.exception("handler of %s failed on message %s", self.topic, message.id)
             result = HandlerResult.RETRY
@@ -248,17 +271,16 @@ class PubSub:
         *,
         source: str = "capa",
         lease: float = DEFAULT_LEASE,
-        inject_context: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.component = component
         self.name = component.name
         self.codec = codec
         self.source = source
         self.lease = lease
+        self._dispatcher = dispatcher
         self._call = dispatcher.call
         self._json = isinstance(codec, JsonCodec)
         self._envelope_codec = codec if self._json else JsonCodec()
-        self._inject_context = inject_context
         self._subscriptions: list[Subscription] = []
         self.lease_keeper = _LeaseKeeper(self)
 
@@ -284,24 +306,45 @@ class PubSub:
         else:
             event["datacontenttype"] = self.codec.content_type
             event["data_base64"] = base64.b64encode(self.codec.encode(data)).decode("ascii")
-        if self._inject_context is not None:
-            self._inject_context(event)
         return event
 
-    def _encode(
+    def _prepare(
         self, topic: str, data: Any, raw: bool, metadata: Mapping[str, str] | None,
         event_type: str | None,
-    ) -> tuple[bytes, dict[str, str]]:
+    ) -> tuple[dict[str, Any] | bytes, dict[str, str]]:
+        """The envelope (or raw body) and headers of a message, before trace context is added."""
         headers = dict(metadata or {})
-        if raw:
-            if isinstance(data, bytes):
-                headers[CONTENT_TYPE] = "application/octet-stream"
-                return data, headers
-            headers[CONTENT_TYPE] = self.codec.content_type
-            return self.codec.encode(data), headers
-        headers[CONTENT_TYPE] = CLOUDEVENTS_CONTENT_TYPE
-        event = self.envelope(topic, data, event_type=event_type)
-        return self._envelope_codec.encode(event), headers
+        if not raw:
+            headers[CONTENT_TYPE] = CLOUDEVENTS_CONTENT_TYPE
+            return self.envelope(topic, data, event_type=event_type), headers
+        if isinstance(data, bytes):
+            headers[CONTENT_TYPE] = "application/octet-stream"
+            return data, headers
+        headers[CONTENT_TYPE] = self.codec.content_type
+        return self.codec.encode(data), headers
+
+    def _finish(
+        self, payload: dict[str, Any] | bytes, headers: dict[str, str]
+    ) -> tuple[bytes, dict[str, str]]:
+        """Encode a prepared message. Runs inside the publish call, so the trace context it
+        carries is that of the publish span."""
+        tracing = self._dispatcher.tracing
+        if isinstance(payload, dict):
+            if tracing is not None:
+                tracing.inject(payload)  # traceparent / tracestate as CloudEvents extensions
+            return self._envelope_codec.encode(payload), headers
+        if tracing is not None:
+            tracing.inject(headers)
+        return payload, headers
+
+    def _send(self, topic: str, payload: dict[str, Any] | bytes, headers: dict[str, str]) -> None:
+        self.component.publish(topic, *self._finish(payload, headers))
+
+    def _send_many(
+        self, topic: str, entries: list[tuple[str, dict[str, Any] | bytes, dict[str, str]]]
+    ) -> dict[str, Exception]:
+        finished = [(entry_id, *self._finish(p, h)) for entry_id, p, h in entries]
+        return self.component.bulk_publish(topic, finished)
 
     def publish(
         self,
@@ -312,14 +355,21 @@ class PubSub:
         raw: bool = False,
         event_type: str | None = None,
     ) -> None:
-        """Send ``data`` to every group of ``topic``; returns once the backend has it."""
-        body, headers = self._encode(topic, data, raw, metadata, event_type)
-        self.publish_bytes(topic, body, headers)
+        """Send ``data`` to every group of ``topic``; returns once the backend has it.
+
+        ``data`` goes in a CloudEvents 1.0 envelope; ``raw=True`` sends it alone (bytes as they
+        are, other values through the codec). ``metadata`` travels as message headers.
+        """
+        payload, headers = self._prepare(topic, data, raw, metadata, event_type)
+        self._call(
+            self.component, "publish", self._send, topic, payload, headers,
+            attributes={"topic": topic},
+        )
 
     def publish_bytes(self, topic: str, body: bytes, headers: Mapping[str, str]) -> None:
         """Send finished bytes as they are (used for dead letters and by shims)."""
         self._call(
-            self.component, "publish", self.component.publish, topic, body, headers,
+            self.component, "publish", self._send, topic, body, dict(headers),
             attributes={"topic": topic},
         )
 
@@ -335,12 +385,12 @@ class PubSub:
         ``entries`` is a mapping of entry id to data, or an iterable of data (ids "0", "1"...).
         """
         pairs = entries.items() if isinstance(entries, Mapping) else enumerate(entries)
-        finished = []
-        for entry_id, data in pairs:
-            body, headers = self._encode(topic, data, raw, None, None)
-            finished.append((str(entry_id), body, headers))
+        prepared = [
+            (str(entry_id), *self._prepare(topic, data, raw, None, None))
+            for entry_id, data in pairs
+        ]
         failed = self._call(
-            self.component, "bulk_publish", self.component.bulk_publish, topic, finished,
+            self.component, "bulk_publish", self._send_many, topic, prepared,
             attributes={"topic": topic},
         )
         if failed:
@@ -383,7 +433,7 @@ class PubSub:
     ) -> list[Message]:
         """Up to ``max_messages`` leased messages; each must be acked or nacked."""
         consumer = self._consumer(topic, group, max_attempts, dead_letter_topic, retry_delay)
-        return consumer.pull(max_messages, timeout)
+        return consumer.receive(max_messages, timeout)
 
     def _consumer(
         self, topic: str, group: str, max_attempts: int | None, dead_letter_topic: str | None,
@@ -417,6 +467,10 @@ class PubSub:
             message_id, topic, data, delivery.attempt, delivery.metadata, event,
             consumer, delivery,
         )
+
+    @property
+    def tracing(self) -> MessageTracing | None:
+        return self._dispatcher.tracing
 
     # --- dispatched component calls (shared by consumers and the lease keeper) -------------------
 
