@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,9 @@ class Rules:
 
 def manifests_dir() -> Path:
     """shims/ of a source checkout, or the copy packaged inside capa_compat."""
+    override = os.environ.get("CAPA_SHIMS_DIR")
+    if override:
+        return Path(override)
     packaged = Path(__file__).resolve().parent.parent / "shims"
     if packaged.is_dir():
         return packaged
