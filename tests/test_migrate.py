@@ -56,7 +56,8 @@ RULES = Rules(
 
 PAIRS = [
     ("from-import", "from legacy import App\n", "from capa_compat.legacy import App\n"),
-    ("alias", "from legacy import App as A, task\n", "from capa_compat.legacy import App as A, task\n"),
+    ("alias", "from legacy import App as A, task\n",
+     "from capa_compat.legacy import App as A, task\n"),
     ("comment kept", "from legacy import App  # the app\n",
      "from capa_compat.legacy import App  # the app\n"),
     ("parenthesized", "from legacy import (\n    App,  # one\n    task,\n)\n",
@@ -94,7 +95,8 @@ NO_OPS = [
     ("unsupported name stays", "from legacy import Gone\n"),
     ("import of a partial module", "import web\n"),
     ("string not exact", 'B = "pkg.backends.RedisCacheX"\nD = "pkg.backends." "RedisCache"\n'),
-    ("already migrated", "from capa_compat.legacy import App\nimport capa_compat.legacy as legacy\n"),
+    ("already migrated",
+     "from capa_compat.legacy import App\nimport capa_compat.legacy as legacy\n"),
     ("mention in a comment", "# from legacy import App\nx = 'from legacy import App'\n"),
 ]
 
@@ -194,7 +196,9 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_cli_check_diff_write_and_exit_codes(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_check_diff_write_and_exit_codes(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, before, after = _manifest_cases()[0]
     tasks = tree / "app" / "tasks.py"
     assert main(["--check", "app"]) == 1
