@@ -89,7 +89,11 @@ class _LeaseKeeper:
         while not self._closed:
             with self._lock:
                 snapshot = {tg: dict(ids) for tg, ids in self._held.items() if ids}
-            lease = min((min(ids.values()) for ids in snapshot.values()), default=DEFAULT_LEASE)
+            # Idle, sleep by the client's lease, not the default: a delivery pulled during the
+            # sleep must be renewed before its own (possibly short) lease runs out.
+            lease = min(
+                (min(ids.values()) for ids in snapshot.values()), default=self._pubsub.lease
+            )
             for (topic, group), ids in snapshot.items():
                 try:
                     self._pubsub.extend(topic, group, list(ids), max(ids.values()))
