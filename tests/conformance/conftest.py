@@ -42,11 +42,11 @@ def make_runtime(
     block: str = request.module.BLOCK
     made: list[Runtime] = []
 
-    def make(app_id: str | None = None) -> Runtime:
+    def make(app_id: str | None = None, **overrides: Any) -> Runtime:
         rt = Runtime.from_mapping(
             {
                 "capa": {"app_id": app_id or f"app-{unique}", "default_url": f"memory://{unique}"},
-                block: {COMPONENT: dict(table)},
+                block: {COMPONENT: {**table, **overrides}},
             }
         )
         made.append(rt)

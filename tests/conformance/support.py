@@ -12,9 +12,12 @@ COMPONENT = "conf"  # the name the component under test gets in every Runtime
 
 
 class RuntimeFactory(Protocol):
-    """``make_runtime(app_id=None)``: another Runtime on the same backing store."""
+    """``make_runtime(app_id=None, **overrides)``: another Runtime on the same backing store.
 
-    def __call__(self, app_id: str | None = None) -> Runtime: ...
+    ``overrides`` are merged into the component's settings table (e.g. ``lease=1``).
+    """
+
+    def __call__(self, app_id: str | None = None, **overrides: Any) -> Runtime: ...
 
 
 def wait_until(
