@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -32,7 +31,6 @@ TOUR_LINES = [
     "bob   try_lock invoice-42 -> taken",
     "Tour done in ",
 ]
-HAS_SQLITE = importlib.util.find_spec("capa_core.components.sqlite") is not None
 
 
 def run_capa(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -66,7 +64,6 @@ def test_tour_on_memory_components(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(not HAS_SQLITE, reason="the SQLite components have not landed yet")
 def test_no_arguments_run_the_tour_on_the_embedded_sqlite_default(tmp_path: Path) -> None:
     result = run_capa(cwd=tmp_path)
     assert_tour(result)
@@ -75,7 +72,6 @@ def test_no_arguments_run_the_tour_on_the_embedded_sqlite_default(tmp_path: Path
     assert list(tmp_path.iterdir()) == [], "the default tour leaves nothing in the cwd"
 
 
-@pytest.mark.skipif(not HAS_SQLITE, reason="the SQLite components have not landed yet")
 def test_tour_keeps_its_database_where_asked_and_runs_again_on_it(tmp_path: Path) -> None:
     for _ in range(2):
         result = run_capa("tour", "--dir", "data", cwd=tmp_path)
