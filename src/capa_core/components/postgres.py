@@ -1,0 +1,1015 @@
+"""PostgreSQL components (psycopg 3 and psycopg_pool): state, pub/sub, lock and configuration.
+
+URL form ``postgresql://user:password@host:5432/db`` (``url``), or Dapr's ``connectionString``
+(a URL or a libpq ``key=value`` string); ``password``, ``user``, ``host``, ``port`` and ``dbname``
+override parts of it (a password usually comes from a secret store). Each component keeps its
+own connection pool, opened on first use, and creates its tables on first use (IF NOT EXISTS),
+named ``<table_prefix><role>`` (default prefix ``capa_``; ``tableName`` names the main table;
+``schema`` puts them in a schema).
+
+- state: one row per key (value bytea, etag, expires_at); ETags and first-write are conditional
+  UPDATE/INSERT statements, expired rows are invisible and purged now and then, transactions are
+  real ones, bulk reads are one query. Features: ETAG, TTL, TRANSACTIONAL, KEYS.
+- pub/sub: one queue table per component; a message is copied to every group of its topic when
+  published (a topic without groups keeps it for its first group), taken with
+  ``FOR UPDATE SKIP LOCKED`` under a lease, and a waiting pull is woken by LISTEN/NOTIFY.
+- lock: a lease table written with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``.
+- configuration: a table keyed by (app_id, group, label, key); changes are sent with NOTIFY in
+  the writing transaction, so watchers in every process see them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from ..errors import CapaError, ETagMismatch, SettingsError
+from ..spi import (
+    ChangeCallback,
+    Component,
+    ConfigurationComponent,
+    LockComponent,
+    PubSubComponent,
+    StateComponent,
+)
+from ..types import (
+    ConfigurationChange,
+    ConfigurationItem,
+    DeleteRequest,
+    Delivery,
+    Feature,
+    SetRequest,
+    StoredValue,
+    UnlockStatus,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("capa_core.postgres")
+
+DEFAULT_PREFIX = "capa_"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MAX_IDENTIFIER = 63  # PostgreSQL silently truncates longer names, which could merge tables
+_NOTIFY_LIMIT = 7900  # a NOTIFY payload must stay under 8000 bytes
+_LISTEN_TICK = 0.25  # how often a listener thread looks at its stop flag
+# Tables this process has already created, so new components on the same tables skip the DDL.
+_created: set[tuple[str, str]] = set()
+_created_lock = threading.Lock()
+
+
+def _driver(component: Component) -> Any:
+    """Import psycopg lazily; a missing driver is a settings problem reported at start-up."""
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401  (imported here so a missing pool fails early too)
+    except ImportError as exc:
+        raise SettingsError(
+            component.source, "type", f"needs psycopg 3 and psycopg_pool ({exc})",
+            "pip install 'capa-python[postgres]'",
+        ) from None
+    cls = type(component)
+    if not cls.transient_errors:
+        # Lost connections, a restarting server, an exhausted pool and lost serialization races
+        # are worth retrying; the pool replaces broken connections in between.
+        cls.transient_errors = (
+            psycopg.OperationalError,
+            psycopg.errors.SerializationFailure,
+            psycopg.errors.DeadlockDetected,
+        )
+    return psycopg
+
+
+def _translate(component: Component, exc: Exception) -> CapaError | None:
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        return None
+    if isinstance(exc, component.transient_errors):
+        return None  # the dispatch point turns these into ComponentUnavailable
+    state = f" [{exc.sqlstate}]" if getattr(exc, "sqlstate", None) else ""
+    return CapaError(f"{component.type_name} component {component.name!r}: {exc}{state}")
+
+
+class _Database:
+    """Connection settings, the lazily opened pool and lazily created tables of one component."""
+
+    def __init__(
+        self,
+        component: Component,
+        tables: Mapping[str, str],
+        ddl: Callable[[Mapping[str, str]], list[str]],
+    ) -> None:
+        """``tables`` maps a role to its default name after the prefix; ``ddl`` makes them."""
+        self.psycopg = _driver(component)
+        self.component = component
+        self.conninfo = _conninfo(component, self.psycopg)
+        option = component.option
+        self.schema = _identifier(component, "schema", option("schema", str, ""))
+        prefix = option("table_prefix", str, DEFAULT_PREFIX, "tablePrefix")
+        if prefix:
+            _identifier(component, "table_prefix", prefix)
+        main = option("table", str, "", "tableName", "table_name")
+        names: dict[str, str] = {}
+        for role, suffix in tables.items():
+            name = prefix + suffix
+            if main:  # the main table takes the given name; the others derive from it
+                name = main if role == "main" else f"{main}_{suffix.rsplit('_', 1)[-1]}"
+            names[role] = _identifier(component, "table" if main else "table_prefix", name, 8)
+        self.names = names
+        self.tables = {role: self.qualified(name) for role, name in names.items()}
+        channel = f"{self.schema}.{names['main']}" if self.schema else names["main"]
+        self.channel = channel[:_MAX_IDENTIFIER]
+        self.min_size = option("pool_min_size", int, 1)
+        self.max_size = option("pool_max_size", int, 8, "maxConns")
+        self.pool_timeout = option("pool_timeout", float, 10.0)
+        if self.min_size < 0 or self.max_size < max(1, self.min_size):
+            raise SettingsError(
+                component.source, "pool_max_size",
+                f"must be at least 1 and at least pool_min_size ({self.min_size})",
+                "set pool_max_size >= pool_min_size >= 0",
+            )
+        if self.pool_timeout <= 0:
+            raise SettingsError(
+                component.source, "pool_timeout", "must be positive", "e.g. pool_timeout = 10"
+            )
+        self._ddl = ddl
+        self._pool: Any = None
+        self._ready = False
+        self._lock = threading.Lock()
+        self._last_check = 0.0
+
+    def qualified(self, name: str) -> str:
+        sql = self.psycopg.sql
+        parts = (self.schema, name) if self.schema else (name,)
+        return str(sql.Identifier(*parts).as_string(None))
+
+    def literal(self, value: str) -> str:
+        return str(self.psycopg.sql.Literal(value).as_string(None))
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+
+                pool = ConnectionPool(
+                    self.conninfo,
+                    min_size=self.min_size,
+                    max_size=self.max_size,
+                    kwargs={"autocommit": True},
+                    configure=_configure,
+                    timeout=self.pool_timeout,
+                    name=f"capa-{self.component.type_name}-{self.component.name}",
+                    num_workers=1,
+                    open=False,
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            if not self._ready:
+                self._create_tables(self._pool)
+                self._ready = True
+            return self._pool
+
+    def _create_tables(self, pool: Any) -> None:
+        key = (self.conninfo, self.tables["main"])
+        with _created_lock:
+            if key in _created:
+                return
+        statements = self._ddl(self.tables)
+        if self.schema:
+            statements.insert(0, f"CREATE SCHEMA IF NOT EXISTS {self.qualified_schema()}")
+        with pool.connection() as conn, conn.transaction():
+            # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog: serialize.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", ("capa-ddl:" + self.channel,)
+            )
+            for statement in statements:
+                conn.execute(statement)
+        with _created_lock:
+            _created.add(key)
+
+    def qualified_schema(self) -> str:
+        return str(self.psycopg.sql.Identifier(self.schema).as_string(None))
+
+    def run(self, work: Callable[[Any], T]) -> T:
+        """``work(cursor)`` on a pooled autocommit connection (one cursor kept per connection)."""
+        pool = self._pool if self._ready else self._open()
+        conn = pool.getconn()
+        try:
+            return work(conn.capa_cursor)
+        except self.psycopg.Error as exc:
+            self._failed(pool, conn, exc)
+            conn = None
+            raise
+        finally:
+            if conn is not None:
+                pool.putconn(conn)
+
+    def fetchone(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
+        pool = self._pool if self._ready else self._open()
+        conn = pool.getconn()
+        try:
+            return conn.capa_cursor.execute(query, params).fetchone()
+        except self.psycopg.Error as exc:
+            self._failed(pool, conn, exc)
+            conn = None
+            raise
+        finally:
+            if conn is not None:
+                pool.putconn(conn)
+
+    def fetchall(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
+        return self.run(lambda cur: cur.execute(query, params).fetchall())
+
+    def rowcount(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> int:
+        pool = self._pool if self._ready else self._open()
+        conn = pool.getconn()
+        try:
+            return int(conn.capa_cursor.execute(query, params).rowcount)
+        except self.psycopg.Error as exc:
+            self._failed(pool, conn, exc)
+            conn = None
+            raise
+        finally:
+            if conn is not None:
+                pool.putconn(conn)
+
+    def _failed(self, pool: Any, conn: Any, exc: Exception) -> None:
+        """Give a connection back after an error; after a lost one, test the idle ones too."""
+        pool.putconn(conn)  # the pool throws broken connections away and makes new ones
+        if isinstance(exc, self.psycopg.errors.UndefinedTable):
+            # Someone dropped our tables (a test cleaning up): create them again next time.
+            with _created_lock:
+                _created.discard((self.conninfo, self.tables["main"]))
+            self._ready = False
+        elif conn.broken or conn.closed:
+            now = time.monotonic()
+            if now - self._last_check > 1.0:
+                # The server probably restarted: every idle connection is dead as well.
+                self._last_check = now
+                try:
+                    pool.check()
+                except Exception:  # the retry will report what is wrong
+                    log.debug("pool check after a lost connection failed", exc_info=True)
+
+    def connect(self) -> Any:
+        """A dedicated autocommit connection outside the pool (for LISTEN)."""
+        return self.psycopg.connect(self.conninfo, autocommit=True)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool, self._ready = self._pool, None, False
+        if pool is not None:
+            pool.close(timeout=2.0)
+
+
+def _configure(conn: Any) -> None:
+    # One cursor per pooled connection, reused by every call: a new cursor per call costs as
+    # much as a third of a loopback round trip.
+    conn.capa_cursor = conn.cursor()
+
+
+def _identifier(component: Component, key: str, value: str, reserve: int = 0) -> str:
+    if value and (not _IDENTIFIER.match(value) or len(value) + reserve > _MAX_IDENTIFIER):
+        raise SettingsError(
+            component.source, key,
+            f"{value!r} is not a plain SQL name of at most {_MAX_IDENTIFIER - reserve} characters",
+            "use letters, digits and underscores, starting with a letter or underscore",
+        )
+    return value
+
+
+def _conninfo(component: Component, psycopg: Any) -> str:
+    """The libpq connection string from ``url`` / ``connectionString`` and part overrides."""
+    for key in ("url", "connectionString", "connection_string"):
+        raw = component.metadata.get(key)
+        if raw:
+            break
+    else:
+        raise SettingsError(
+            component.source, "url", "is missing",
+            'set url = "postgresql://user:password@127.0.0.1:5432/dbname" '
+            "(or Dapr's connectionString)",
+        )
+    if not isinstance(raw, str):
+        raise SettingsError(component.source, key, f"{raw!r} is not a string", "quote it")
+    scheme = raw.partition("://")[0].lower() if "://" in raw else ""
+    if scheme and scheme not in ("postgres", "postgresql"):
+        raise SettingsError(
+            component.source, key, f"{scheme}:// is not a PostgreSQL URL",
+            "write postgresql://user:password@host:5432/dbname",
+        )
+    overrides: dict[str, str] = {}
+    for name, aliases in (
+        ("password", ()), ("user", ("username",)), ("host", ()), ("port", ()),
+        ("dbname", ("database",)), ("sslmode", ()),
+        ("connect_timeout", ("connectTimeout",)),
+    ):
+        value = component.option(name, str, "", *aliases)
+        if value:
+            overrides[name] = value
+    overrides.setdefault("connect_timeout", "5")  # never hang on an unreachable host
+    timeout = component.option("timeout", float, 0.0, "timeoutInSeconds")
+    if timeout < 0:
+        raise SettingsError(component.source, "timeout", "must not be negative", "e.g. 20")
+    if timeout:
+        overrides["options"] = f"-c statement_timeout={int(timeout * 1000)}"
+    try:
+        conninfo = str(psycopg.conninfo.make_conninfo(raw, **overrides))
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise SettingsError(
+            component.source, key, f"is not a valid connection string ({exc})",
+            "write postgresql://user:password@host:5432/dbname or 'host=... dbname=...'",
+        ) from None
+    return conninfo
+
+
+# --- a LISTEN connection on a thread -----------------------------------------------------------
+
+
+class _Listener:
+    """A dedicated connection LISTENing on one channel; a daemon thread hands payloads over.
+
+    ``start`` connects in the caller's thread, so a server that is down shows up there; after
+    that the thread reconnects by itself with backoff, and ``on_connect`` runs on every
+    (re)connection so waiters can re-check what they may have missed.
+    """
+
+    def __init__(
+        self,
+        db: _Database,
+        deliver: Callable[[str], None],
+        on_connect: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._db = db
+        self._deliver = deliver
+        self._on_connect = on_connect
+        self.connected = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        conn = self._connect()
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), daemon=True,
+            name=f"capa-listen-{self._db.component.name}",
+        )
+        self._thread.start()
+
+    def _connect(self) -> Any:
+        conn = self._db.connect()
+        try:
+            channel = self._db.psycopg.sql.Identifier(self._db.channel).as_string(None)
+            conn.execute(f"LISTEN {channel}")
+        except BaseException:
+            conn.close()
+            raise
+        self.connected.set()
+        self._on_connect()
+        return conn
+
+    def _run(self, conn: Any) -> None:
+        psycopg = self._db.psycopg
+        backoff = 0.05
+        while not self._stopped.is_set():
+            try:
+                if conn is None:
+                    conn = self._connect()
+                    backoff = 0.05
+                for notify in conn.notifies(timeout=_LISTEN_TICK):
+                    self._deliver(notify.payload)
+            except psycopg.Error as exc:
+                self.connected.clear()
+                log.warning("LISTEN connection of %s lost (%s); reconnecting",
+                            self._db.component.name, exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._stopped.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+        self.connected.clear()
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        """Ask the thread to end; it closes its connection within a fraction of a second."""
+        self._stopped.set()
+
+
+# --- state -------------------------------------------------------------------------------------
+
+_LIVE = "(expires_at IS NULL OR expires_at > now())"
+_EXPIRY = "now() + %s::float8 * interval '1 second'"
+
+
+def _state_ddl(t: Mapping[str, str]) -> list[str]:
+    index = _index_name(t["main"], "expires")
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {t["main"]} (
+            key text COLLATE "C" PRIMARY KEY,
+            value bytea NOT NULL,
+            etag text NOT NULL,
+            expires_at timestamptz
+        )""",
+        f"CREATE INDEX IF NOT EXISTS {index} ON {t['main']} (expires_at) "
+        "WHERE expires_at IS NOT NULL",
+    ]
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _etag() -> str:
+    return os.urandom(8).hex()
+
+
+class PostgresState(StateComponent):
+    kind = "postgres"
+    features = frozenset({Feature.ETAG, Feature.TTL, Feature.TRANSACTIONAL, Feature.KEYS})
+
+    def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
+        super().__init__(name, metadata, source=source)
+        self._db = _Database(self, {"main": "state"}, _state_ddl)
+        self.cleanup_interval = self.option(
+            "cleanup_interval", float, 300.0, "cleanupIntervalInSeconds"
+        )
+        self._next_cleanup = time.monotonic() + self.cleanup_interval
+        t = self._db.tables["main"]
+        self._get = (
+            f"SELECT value, etag, date_part('epoch', expires_at) FROM {t} "
+            f"WHERE key = %s AND {_LIVE}"
+        )
+        self._bulk_get = (
+            f"SELECT key, value, etag, date_part('epoch', expires_at) FROM {t} "
+            f"WHERE key = ANY(%s) AND {_LIVE}"
+        )
+        insert = (
+            f"INSERT INTO {t} AS old (key, value, etag, expires_at) VALUES (%s, %s, %s, {_EXPIRY}) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, etag = EXCLUDED.etag, "
+            "expires_at = EXCLUDED.expires_at"
+        )
+        self._upsert = insert
+        # An expired row counts as absent, so first-write may replace it.
+        self._insert_new = insert + " WHERE old.expires_at <= now()"
+        self._update_if = (
+            f"UPDATE {t} SET value = %s, etag = %s, expires_at = {_EXPIRY} "
+            f"WHERE key = %s AND etag = %s AND {_LIVE}"
+        )
+        self._delete = f"DELETE FROM {t} WHERE key = %s"
+        self._delete_if = f"DELETE FROM {t} WHERE key = %s AND etag = %s AND {_LIVE}"
+        self._keys = f"SELECT key FROM {t} WHERE key LIKE %s AND {_LIVE} ORDER BY key"
+        self._delete_like = f"DELETE FROM {t} WHERE key LIKE %s"
+        self._purge = f"DELETE FROM {t} WHERE expires_at <= now()"
+
+    def get(self, key: str) -> StoredValue | None:
+        row = self._db.fetchone(self._get, (key,))
+        return None if row is None else StoredValue(*row)
+
+    def bulk_get(self, keys: Sequence[str]) -> list[StoredValue | None]:
+        found = {
+            row[0]: StoredValue(row[1], row[2], row[3])
+            for row in self._db.fetchall(self._bulk_get, (list(keys),))
+        }
+        return [found.get(key) for key in keys]
+
+    def _write(self, cur: Any, request: SetRequest) -> str:
+        key, value, etag, first_write, ttl = request
+        new = _etag()
+        if etag is not None:
+            cur.execute(self._update_if, (value, new, ttl, key, etag))
+            if cur.rowcount != 1:
+                raise ETagMismatch(key)
+        elif first_write:
+            cur.execute(self._insert_new, (key, value, new, ttl))
+            if cur.rowcount != 1:
+                raise ETagMismatch(key, "first-write: the key exists and no etag was given")
+        else:
+            cur.execute(self._upsert, (key, value, new, ttl))
+        return new
+
+    def _remove(self, cur: Any, request: DeleteRequest) -> None:
+        if request.etag is None:
+            cur.execute(self._delete, (request.key,))
+        elif cur.execute(self._delete_if, (request.key, request.etag)).rowcount != 1:
+            raise ETagMismatch(request.key)
+
+    def set(self, request: SetRequest) -> str:
+        if request.ttl is not None and time.monotonic() >= self._next_cleanup:
+            self._cleanup()
+        key, value, etag, first_write, ttl = request
+        if etag is None and not first_write:  # the common case: one statement, nothing to check
+            new = _etag()
+            self._db.rowcount(self._upsert, (key, value, new, ttl))
+            return new
+        return self._db.run(lambda cur: self._write(cur, request))
+
+    def _cleanup(self) -> None:
+        """Drop expired rows (they are already invisible); at most once per interval."""
+        self._next_cleanup = time.monotonic() + max(self.cleanup_interval, 1.0)
+        if self.cleanup_interval > 0:
+            removed = self._db.rowcount(self._purge, ())
+            log.debug("%s: purged %d expired keys", self.name, removed)
+
+    def delete(self, request: DeleteRequest) -> None:
+        self._db.run(lambda cur: self._remove(cur, request))
+
+    def bulk_set(self, requests: Sequence[SetRequest]) -> dict[str, Exception]:
+        def work(cur: Any) -> dict[str, Exception]:
+            failures: dict[str, Exception] = {}
+            for request in requests:
+                try:
+                    self._write(cur, request)
+                except ETagMismatch as exc:
+                    failures[request.key] = exc
+            return failures
+
+        return self._db.run(work)
+
+    def bulk_delete(self, requests: Sequence[DeleteRequest]) -> dict[str, Exception]:
+        def work(cur: Any) -> dict[str, Exception]:
+            failures: dict[str, Exception] = {}
+            for request in requests:
+                try:
+                    self._remove(cur, request)
+                except ETagMismatch as exc:
+                    failures[request.key] = exc
+            return failures
+
+        return self._db.run(work)
+
+    def transact(self, operations: Sequence[SetRequest | DeleteRequest]) -> None:
+        def work(cur: Any) -> None:
+            with cur.connection.transaction():
+                for op in operations:
+                    if isinstance(op, SetRequest):
+                        self._write(cur, op)
+                    else:
+                        self._remove(cur, op)
+
+        self._db.run(work)
+
+    def keys(self, prefix: str) -> list[str]:
+        return [row[0] for row in self._db.fetchall(self._keys, (_like_prefix(prefix),))]
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self._db.rowcount(self._delete_like, (_like_prefix(prefix),))
+
+    def translate_error(self, exc: Exception) -> CapaError | None:
+        return _translate(self, exc)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# --- pub/sub -----------------------------------------------------------------------------------
+
+
+def _pubsub_ddl(t: Mapping[str, str]) -> list[str]:
+    index = _index_name(t["main"], "queue")
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {t["groups"]} (
+            topic text NOT NULL,
+            grp text NOT NULL,
+            seq bigserial,
+            PRIMARY KEY (topic, grp)
+        )""",
+        # grp '' holds messages published while the topic had no group: its first group
+        # adopts them. visible_at is the lease end of a taken message, or when a nacked one
+        # may go out again.
+        f"""CREATE TABLE IF NOT EXISTS {t["main"]} (
+            id bigserial PRIMARY KEY,
+            topic text NOT NULL,
+            grp text NOT NULL,
+            payload bytea NOT NULL,
+            metadata jsonb NOT NULL,
+            attempt integer NOT NULL DEFAULT 0,
+            visible_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        f"CREATE INDEX IF NOT EXISTS {index} ON {t['main']} (topic, grp, id)",
+    ]
+
+
+def _index_name(qualified: str, suffix: str) -> str:
+    """The (unqualified, quoted) name of an index on the table ``qualified``."""
+    table = qualified.rsplit(".", 1)[-1].strip('"')
+    return '"' + (table + "_" + suffix)[:_MAX_IDENTIFIER] + '"'
+
+
+class _Wakeups:
+    """Per-topic counters bumped by NOTIFY; a pull waits for its topic's counter to move."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._topics: dict[str, int] = {}
+        self._epoch = 0  # bumped on every (re)connection of the listener: re-check everything
+
+    def seen(self, topic: str) -> tuple[int, int]:
+        return self._epoch, self._topics.get(topic, 0)
+
+    def bump(self, topic: str) -> None:
+        with self._changed:
+            self._topics[topic] = self._topics.get(topic, 0) + 1
+            self._changed.notify_all()
+
+    def bump_all(self) -> None:
+        with self._changed:
+            self._epoch += 1
+            self._changed.notify_all()
+
+    def wait(self, topic: str, seen: tuple[int, int], timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.seen(topic) != seen, timeout)
+
+
+class PostgresPubSub(PubSubComponent):
+    kind = "postgres"
+
+    def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
+        super().__init__(name, metadata, source=source)
+        db = self._db = _Database(
+            self, {"main": "pubsub_messages", "groups": "pubsub_groups"}, _pubsub_ddl
+        )
+        self._jsonb = db.psycopg.types.json.Jsonb
+        m, g = db.tables["main"], db.tables["groups"]
+        self._publish = (
+            f"WITH queued AS (INSERT INTO {m} (topic, grp, payload, metadata) "
+            f"SELECT %(topic)s, g.grp, %(payload)s, %(metadata)s FROM ("
+            f"SELECT grp FROM {g} WHERE topic = %(topic)s UNION ALL SELECT '' "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {g} WHERE topic = %(topic)s)) g) "
+            "SELECT pg_notify(%(channel)s, %(topic)s)"
+        )
+        self._take = (
+            f"WITH next AS (SELECT id FROM {m} WHERE topic = %s AND grp = %s "
+            "AND visible_at <= now() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {m} m SET attempt = m.attempt + 1, visible_at = {_EXPIRY} FROM next "
+            "WHERE m.id = next.id RETURNING m.id, m.payload, m.attempt, m.metadata"
+        )
+        # When a pull finds nothing: adopt messages that raced the first group's creation, and
+        # learn when the next leased or delayed message comes due.
+        self._idle = (
+            f"WITH adopted AS (UPDATE {m} SET grp = %(group)s WHERE topic = %(topic)s "
+            "AND grp = '' AND %(first)s RETURNING 1) "
+            "SELECT (SELECT count(*) FROM adopted), date_part('epoch', min(visible_at) - now()) "
+            f"FROM {m} WHERE topic = %(topic)s AND grp = %(group)s AND visible_at > now()"
+        )
+        self._ack = f"DELETE FROM {m} WHERE id = ANY(%s)"
+        self._nack = (
+            f"WITH later AS (UPDATE {m} SET visible_at = {_EXPIRY} WHERE id = ANY(%s) "
+            "RETURNING 1) SELECT pg_notify(%s, %s)"
+        )
+        self._extend = f"UPDATE {m} SET visible_at = {_EXPIRY} WHERE id = ANY(%s)"
+        self._purge = f"DELETE FROM {m} WHERE topic = %s AND grp = %s AND attempt = 0"
+        self._add_group = f"INSERT INTO {g} (topic, grp) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+        self._first_group = f"SELECT grp FROM {g} WHERE topic = %s ORDER BY seq LIMIT 1"
+        self._adopt = f"UPDATE {m} SET grp = %s WHERE topic = %s AND grp = ''"
+        # (topic, group) -> whether it is the topic's first group (which owns its backlog)
+        self._groups: dict[tuple[str, str], bool] = {}
+        self._wakeups = _Wakeups()
+        self._listener: _Listener | None = None
+        self._listener_lock = threading.Lock()
+
+    def publish(self, topic: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        self._db.fetchone(self._publish, {
+            "topic": topic, "payload": data, "metadata": self._jsonb(dict(metadata)),
+            "channel": self._db.channel,
+        })
+
+    def ensure_group(self, topic: str, group: str) -> None:
+        if (topic, group) in self._groups:
+            return
+
+        def work(cur: Any) -> bool:
+            with cur.connection.transaction():
+                # One creator per topic at a time, so exactly one group adopts the backlog.
+                cur.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self._db.channel}:{topic}",)
+                )
+                created = cur.execute(self._add_group, (topic, group)).rowcount == 1
+                first = bool(cur.execute(self._first_group, (topic,)).fetchone()[0] == group)
+                if created and first:
+                    cur.execute(self._adopt, (group, topic))
+                return first
+
+        self._groups[(topic, group)] = self._db.run(work)
+
+    def _listening(self) -> _Listener:
+        listener = self._listener
+        if listener is None:
+            with self._listener_lock:
+                if self._listener is None:
+                    wakeups = self._wakeups
+
+                    def deliver(topic: str) -> None:
+                        wakeups.bump(topic)
+
+                    listener = _Listener(self._db, deliver, wakeups.bump_all)
+                    listener.start()
+                    self._listener = listener
+                listener = self._listener
+        return listener
+
+    def pull(
+        self, topic: str, group: str, max_messages: int, timeout: float, lease: float
+    ) -> list[Delivery]:
+        self.ensure_group(topic, group)
+        deadline = time.monotonic() + timeout
+        listener = self._listening() if timeout > 0 else None
+        while True:
+            seen = self._wakeups.seen(topic)
+            rows = self._db.fetchall(self._take, (topic, group, max_messages, lease))
+            if rows:
+                rows.sort()
+                return [Delivery(str(i), data, attempt, meta) for i, data, attempt, meta in rows]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or listener is None:
+                return []
+            adopted, due = self._db.fetchone(
+                self._idle, {"topic": topic, "group": group, "first": self._groups[(topic, group)]}
+            )
+            if adopted:
+                continue
+            wait = remaining if due is None else min(remaining, max(due, 0.001))
+            if not listener.connected.is_set():
+                wait = min(wait, 0.5)  # notifications may be lost while LISTEN reconnects
+            self._wakeups.wait(topic, seen, min(wait, 5.0))
+
+    @staticmethod
+    def _ids(ids: Sequence[str]) -> list[int]:
+        return [int(i) for i in ids if i.isdigit()]
+
+    def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        self._db.rowcount(self._ack, (self._ids(ids),))
+
+    def nack(self, topic: str, group: str, ids: Sequence[str], delay: float) -> None:
+        self._db.fetchone(self._nack, (delay, self._ids(ids), self._db.channel, topic))
+
+    def extend(self, topic: str, group: str, ids: Sequence[str], lease: float) -> None:
+        self._db.rowcount(self._extend, (lease, self._ids(ids)))
+
+    def purge(self, topic: str, group: str) -> int:
+        return self._db.rowcount(self._purge, (topic, group))
+
+    def translate_error(self, exc: Exception) -> CapaError | None:
+        return _translate(self, exc)
+
+    def close(self) -> None:
+        with self._listener_lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        self._db.close()
+
+
+# --- lock --------------------------------------------------------------------------------------
+
+
+def _lock_ddl(t: Mapping[str, str]) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {t["main"]} (
+            resource text PRIMARY KEY,
+            owner text NOT NULL,
+            expires_at timestamptz NOT NULL
+        )"""
+    ]
+
+
+class PostgresLock(LockComponent):
+    kind = "postgres"
+
+    def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
+        super().__init__(name, metadata, source=source)
+        self._db = _Database(self, {"main": "locks"}, _lock_ddl)
+        t = self._db.tables["main"]
+        self._take = (
+            f"INSERT INTO {t} AS held (resource, owner, expires_at) VALUES (%s, %s, {_EXPIRY}) "
+            "ON CONFLICT (resource) DO UPDATE SET owner = EXCLUDED.owner, "
+            "expires_at = EXCLUDED.expires_at WHERE held.expires_at <= now()"
+        )
+        # Both EXISTS read the snapshot before the delete: (deleted, held by anyone).
+        self._release = (
+            f"WITH gone AS (DELETE FROM {t} WHERE resource = %(r)s AND owner = %(o)s "
+            "AND expires_at > now() RETURNING 1) "
+            "SELECT EXISTS (SELECT 1 FROM gone), "
+            f"EXISTS (SELECT 1 FROM {t} WHERE resource = %(r)s AND expires_at > now())"
+        )
+        self._extend = (
+            f"UPDATE {t} SET expires_at = {_EXPIRY} "
+            "WHERE resource = %s AND owner = %s AND expires_at > now()"
+        )
+
+    def try_lock(self, resource_id: str, owner: str, expiry: float) -> bool:
+        return self._db.rowcount(self._take, (resource_id, owner, expiry)) == 1
+
+    def unlock(self, resource_id: str, owner: str) -> UnlockStatus:
+        deleted, held = self._db.fetchone(self._release, {"r": resource_id, "o": owner})
+        if deleted:
+            return UnlockStatus.SUCCESS
+        return UnlockStatus.LOCK_BELONGS_TO_OTHERS if held else UnlockStatus.LOCK_DOES_NOT_EXIST
+
+    def extend(self, resource_id: str, owner: str, expiry: float) -> bool:
+        return self._db.rowcount(self._extend, (expiry, resource_id, owner)) == 1
+
+    def translate_error(self, exc: Exception) -> CapaError | None:
+        return _translate(self, exc)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def _configuration_ddl(t: Mapping[str, str]) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {t["main"]} (
+            app_id text NOT NULL,
+            grp text NOT NULL,
+            label text NOT NULL,
+            key text NOT NULL,
+            content text NOT NULL,
+            tags jsonb NOT NULL DEFAULT '{{}}',
+            metadata jsonb NOT NULL DEFAULT '{{}}',
+            PRIMARY KEY (app_id, grp, label, key)
+        )"""
+    ]
+
+
+def _change_record(change: ConfigurationChange) -> list[Any]:
+    item = change.item
+    return [
+        item.group, item.label, item.key, item.content, dict(item.tags), dict(item.metadata),
+        change.deleted,
+    ]
+
+
+class PostgresConfiguration(ConfigurationComponent):
+    kind = "postgres"
+    features = frozenset({Feature.WRITE, Feature.WATCH})
+
+    def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
+        super().__init__(name, metadata, source=source)
+        db = self._db = _Database(self, {"main": "configuration"}, _configuration_ddl)
+        self._jsonb = db.psycopg.types.json.Jsonb
+        t = db.tables["main"]
+        columns = "key, content, grp, label, tags, metadata"
+        self._load_all = (
+            f"SELECT {columns} FROM {t} WHERE app_id = %s AND grp = %s AND label = %s "
+            "ORDER BY key"
+        )
+        self._load = (
+            f"SELECT {columns} FROM {t} WHERE app_id = %s AND grp = %s AND label = %s "
+            "AND key = ANY(%s)"
+        )
+        self._upsert = (
+            f"INSERT INTO {t} (app_id, grp, label, key, content, tags, metadata) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (app_id, grp, label, key) "
+            "DO UPDATE SET content = EXCLUDED.content, tags = EXCLUDED.tags, "
+            "metadata = EXCLUDED.metadata"
+        )
+        self._remove = (
+            f"DELETE FROM {t} WHERE app_id = %s AND grp = %s AND label = %s AND key = ANY(%s) "
+            f"RETURNING {columns}"
+        )
+        self._watchers: list[tuple[str, ChangeCallback]] = []
+        self._watchers_lock = threading.Lock()
+        self._listener: _Listener | None = None
+
+    @staticmethod
+    def _item(row: Sequence[Any]) -> ConfigurationItem:
+        key, content, group, label, tags, metadata = row
+        return ConfigurationItem(key, content, group, label, tags, metadata)
+
+    def load(
+        self, app_id: str, group: str, label: str, keys: Sequence[str]
+    ) -> list[ConfigurationItem]:
+        if not keys:
+            rows = self._db.fetchall(self._load_all, (app_id, group, label))
+            return [self._item(row) for row in rows]
+        rows = self._db.fetchall(self._load, (app_id, group, label, list(keys)))
+        found = {row[0]: self._item(row) for row in rows}
+        return [found[k] for k in dict.fromkeys(keys) if k in found]
+
+    def store(self, app_id: str, items: Sequence[ConfigurationItem]) -> None:
+        if not items:
+            return
+        jsonb = self._jsonb
+        params = [
+            (app_id, i.group, i.label, i.key, i.content, jsonb(dict(i.tags)),
+             jsonb(dict(i.metadata)))
+            for i in items
+        ]
+        changes = [ConfigurationChange(item) for item in items]
+
+        def work(cur: Any) -> None:
+            with cur.connection.transaction():
+                cur.executemany(self._upsert, params)
+                self._notify(cur, app_id, changes)
+
+        self._db.run(work)
+
+    def remove(self, app_id: str, group: str, label: str, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+
+        def work(cur: Any) -> None:
+            with cur.connection.transaction():
+                rows = cur.execute(self._remove, (app_id, group, label, list(keys))).fetchall()
+                self._notify(cur, app_id, [ConfigurationChange(self._item(r), True) for r in rows])
+
+        self._db.run(work)
+
+    def _notify(self, cur: Any, app_id: str, changes: list[ConfigurationChange]) -> None:
+        """Send the changes with NOTIFY inside the writing transaction: delivered on commit."""
+        for payload in _payloads(app_id, changes):
+            cur.execute("SELECT pg_notify(%s, %s)", (self._db.channel, payload))
+
+    def watch(self, app_id: str, callback: ChangeCallback) -> Callable[[], None]:
+        entry = (app_id, callback)
+        with self._watchers_lock:
+            if self._listener is None:
+                self._db.run(lambda cur: None)  # creates the table before anyone listens
+                listener = _Listener(self._db, self._received)
+                listener.start()
+                self._listener = listener
+            self._watchers.append(entry)
+
+        def stop() -> None:
+            with self._watchers_lock:
+                if entry in self._watchers:
+                    self._watchers.remove(entry)
+
+        return stop
+
+    def _received(self, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+            app_id = message["a"]
+            with self._watchers_lock:
+                callbacks = [cb for a, cb in self._watchers if a == app_id]
+            if not callbacks:
+                return
+            changes = [self._change(app_id, record) for record in message["c"]]
+        except Exception:
+            log.exception("%s: unreadable configuration notification %r", self.name, payload[:200])
+            return
+        for callback in callbacks:
+            try:
+                callback(changes)
+            except Exception:  # one failing watcher must not silence the others
+                log.exception("%s: configuration watcher %r failed", self.name, callback)
+
+    def _change(self, app_id: str, record: list[Any]) -> ConfigurationChange:
+        if len(record) == 4:  # too big to travel in the notification: read it back
+            group, label, key, deleted = record
+            found = [] if deleted else self.load(app_id, group, label, [key])
+            item = found[0] if found else ConfigurationItem(key, "", group, label)
+            return ConfigurationChange(item, bool(deleted))
+        group, label, key, content, tags, metadata, deleted = record
+        return ConfigurationChange(
+            ConfigurationItem(key, content, group, label, tags, metadata), bool(deleted)
+        )
+
+    def translate_error(self, exc: Exception) -> CapaError | None:
+        return _translate(self, exc)
+
+    def close(self) -> None:
+        super().close()
+        with self._watchers_lock:
+            listener, self._listener = self._listener, None
+            self._watchers.clear()
+        if listener is not None:
+            listener.stop()
+        self._db.close()
+
+
+def _payloads(app_id: str, changes: Iterable[ConfigurationChange]) -> list[str]:
+    """NOTIFY payloads of under 8000 bytes carrying ``changes``; huge items go by reference."""
+    payloads: list[str] = []
+    batch: list[str] = []
+    size = 0
+    head = json.dumps(app_id)
+    for change in changes:
+        record = json.dumps(_change_record(change), separators=(",", ":"))
+        if len(record.encode()) + len(head) + 16 > _NOTIFY_LIMIT:
+            item = change.item
+            record = json.dumps([item.group, item.label, item.key, change.deleted])
+        if batch and size + len(record.encode()) + len(head) + 16 > _NOTIFY_LIMIT:
+            payloads.append(_payload(head, batch))
+            batch, size = [], 0
+        batch.append(record)
+        size += len(record.encode()) + 1
+    if batch:
+        payloads.append(_payload(head, batch))
+    return payloads
+
+
+def _payload(head: str, records: list[str]) -> str:
+    return '{"a":' + head + ',"c":[' + ",".join(records) + "]}"
