@@ -35,6 +35,7 @@ TARGETS: list[Target] = [
     Target("memory", ALL, lambda u, tmp: {"url": f"memory://{u}"}),
     Target("sqlite", ALL, lambda u, tmp: {"url": f"sqlite:///{tmp / 'capa.db'}"}),
     # Targets of the server backends are added below, one line each.
+    Target("redis", ALL, lambda u, tmp: {"url": "redis://127.0.0.1:6379/1", "keyPrefix": f"t-{u}:"}, service="redis"),  # noqa: E501
 ]
 
 

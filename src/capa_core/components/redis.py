@@ -578,20 +578,43 @@ redis.call('ZREM', KEYS[2], unpack(ids))
 return 1
 """)
 
-# KEYS[1] due set, KEYS[2] wake stream (or none); ARGV[1] ms from now, ARGV[2..] ids.
-# Moves when pending deliveries may be handed out again; only ids still pending are touched.
-_RESCHEDULE = _Script(_NOW + """
-local at = string.format('%.0f', now + tonumber(ARGV[1]))
+# KEYS[1] stream, KEYS[2] due set, KEYS[3] wake stream; ARGV[1] group, ARGV[2] delay ms,
+# ARGV[3..] ids. The entries pass to a parking consumer (not counted as a delivery) so a lease
+# renewal racing with the nack cannot take them back, and are due again after the delay.
+_NACK = _Script(_NOW + """
+local at = string.format('%.0f', now + tonumber(ARGV[2]))
+local claim = {KEYS[1], ARGV[1], 'capa-retry', 0}
+for i = 3, #ARGV do claim[#claim + 1] = ARGV[i] end
+claim[#claim + 1] = 'JUSTID'
+redis.call('XCLAIM', unpack(claim))
 local changed = 0
-for i = 2, #ARGV do
-  changed = changed + redis.call('ZADD', KEYS[1], 'XX', 'CH', at, ARGV[i])
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  changed = changed + redis.call('ZADD', KEYS[2], 'XX', 'CH', at, id)
 end
-if KEYS[2] and changed > 0 then redis.call('XADD', KEYS[2], 'MAXLEN', 1, '*', 'n', '1') end
+if changed > 0 then redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 'n', '1') end
 return changed
+""")
+
+# KEYS[1] stream, KEYS[2] due set; ARGV[1] group, ARGV[2] consumer, ARGV[3] lease ms,
+# ARGV[4..] ids. Renews only what this consumer still holds: not what it nacked, nor what
+# another consumer took over after the lease ran out.
+_EXTEND_LEASE = _Script(_NOW + """
+local at = string.format('%.0f', now + tonumber(ARGV[3]))
+local renewed = 0
+for i = 4, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    renewed = renewed + redis.call('ZADD', KEYS[2], 'XX', 'CH', at, ARGV[i])
+  end
+end
+return renewed
 """)
 
 # KEYS[1] stream. Drops the entries every group has acknowledged: those before the oldest
 # pending entry and before every group's read position. Nothing goes while no group exists.
+# Also forgets consumers idle for a minute holding nothing (dead processes leave them behind;
+# a live one is made again by its next read).
 _TRIM = _Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
@@ -614,6 +637,13 @@ for _, g in ipairs(groups) do
   else
     ms, seq = parse(last)
     seq = seq + 1
+  end
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], name)) do
+    local fields = {}
+    for i = 1, #c, 2 do fields[c[i]] = c[i + 1] end
+    if fields['pending'] == 0 and fields['idle'] > 60000 then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], name, fields['name'])
+    end
   end
   if best_ms == nil or ms < best_ms or (ms == best_ms and seq < best_seq) then
     best_ms, best_seq = ms, seq
@@ -789,14 +819,15 @@ class RedisPubSub(_RedisComponent, PubSubComponent):
     def nack(self, topic: str, group: str, ids: Sequence[str], delay: float) -> None:
         if ids:
             self._eval(
-                _RESCHEDULE, [self._due(topic, group), self._wake(topic)],
-                [max(0, round(delay * 1000)), *ids],
+                _NACK, [self._stream(topic), self._due(topic, group), self._wake(topic)],
+                [group, max(0, round(delay * 1000)), *ids],
             )
 
     def extend(self, topic: str, group: str, ids: Sequence[str], lease: float) -> None:
         if ids:
             self._eval(
-                _RESCHEDULE, [self._due(topic, group)], [max(1, round(lease * 1000)), *ids]
+                _EXTEND_LEASE, [self._stream(topic), self._due(topic, group)],
+                [group, self.consumer, max(1, round(lease * 1000)), *ids],
             )
 
     def purge(self, topic: str, group: str) -> int:
