@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ def locker(db: str, resource: str, counter: str, rounds: str, go: str) -> None:
     say("done")
 
 
-ROLES = {
+ROLES: dict[str, Callable[..., None]] = {
     "consumer": consumer,
     "producer": producer,
     "holder": holder,
