@@ -1,0 +1,1 @@
+"""Celery's utility modules apps import from (capa_compat.celery.utils.log)."""
