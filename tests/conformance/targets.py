@@ -36,6 +36,7 @@ TARGETS: list[Target] = [
     Target("sqlite", ALL, lambda u, tmp: {"url": f"sqlite:///{tmp / 'capa.db'}"}),
     # Targets of the server backends are added below, one line each.
     Target("redis", ALL, lambda u, tmp: {"url": "redis://127.0.0.1:6379/1", "keyPrefix": f"t-{u}:"}, service="redis"),  # noqa: E501
+    Target("rabbitmq", frozenset({"pubsub"}), lambda u, tmp: {"url": "amqp://guest:guest@127.0.0.1:5672/", "exchange": f"capa.test.{u}", "queueExpiry": 300}, service="rabbitmq"),  # noqa: E501
 ]
 
 

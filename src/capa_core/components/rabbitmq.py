@@ -1,0 +1,1009 @@
+"""Pub/sub on RabbitMQ through pika: a topic exchange per component, a quorum queue per group.
+
+URL ``amqp://user:password@host:5672/vhost`` (``amqps://`` for TLS; ``//`` or no path is the
+vhost ``/``), or Dapr's metadata ``connectionString`` (or ``host``), or ``hostname``, ``port``,
+``username``, ``password``, ``vhost``. Other metadata: ``exchange`` (default
+``capa.<component name>``), ``reconnectWait`` (longest pause between reconnection attempts,
+default 2 s), ``connectTimeout`` (how long a call waits for the broker to come back, default 5 s),
+``publishTimeout`` (how long publish() waits for the broker's confirm, default 30 s) and
+``queueExpiry`` (seconds an unused queue lives before the broker deletes it; unset: forever).
+
+Topology. Topic T is the routing key (``*``, ``#`` and ``%`` escaped, so a topic never acts as a
+wildcard). Messages are published persistent on a channel in confirm mode: publish() returns once
+the broker confirmed it holds the message. Group G of T is the durable quorum queue
+``<exchange>:T:G`` bound with key T; quorum queues count redeliveries in ``x-delivery-count``,
+which gives Delivery.attempt.
+
+Threading. pika connections are not thread-safe, so each component owns one daemon thread that
+runs pika's asyncio adapter on a private event loop and holds the only connection. Calling threads
+hand it coroutines (run_coroutine_threadsafe) and wait for their results. Delivery tags belong to
+a channel, so every delivery in hand is acked, nacked and timed on that thread.
+
+Pulling. Each pull registers its own consumer with a prefetch of ``max_messages``, takes what the
+broker pushes (waiting up to ``timeout`` for the first message), then cancels the consumer and
+keeps what arrives before cancel-ok. Nothing is held that no pull asked for, so
+``x-delivery-count`` counts real hand-outs and other processes see every message not handed out.
+
+Leases. RabbitMQ has no visibility timeout, so the component keeps a timer per delivery in hand
+and requeues the message (basic.nack with requeue) when its lease runs out unextended; the broker
+then counts one more delivery. nack(delay) holds the message the same way for ``delay`` seconds.
+When a process dies (or closes) its connection closes and the broker requeues its messages at
+once.
+
+Messages for a topic with no group. RabbitMQ would drop them. The exchange has an alternate
+exchange ``<exchange>.unrouted`` where every topic published to has a classic holding queue
+``<exchange>.unrouted:T``. The first group declared for T moves the held messages into its own
+queue before binding (keeping their order) and once more after (for any that raced the binding);
+later groups find the holding queue empty. Two processes declaring the first two groups of a topic
+at the same moment may split the held messages between them.
+
+Dead letters. Only the client layer dead-letters (capa_core/pubsub.py, after max_attempts): the
+queues have no dead-letter exchange and no delivery limit, so the broker never drops or diverts a
+message on its own. (RabbitMQ 4 gives quorum queues a default delivery limit of 20; this module is
+tested on 3.x.)
+
+Reconnection. When the connection drops, publishes waiting for a confirm fail with a transient
+error (retried by the dispatch point; a retried publish may be stored twice, which at-least-once
+allows); deliveries in hand become invalid (the broker requeues them, and acking one is a no-op);
+the component reconnects with exponential backoff up to ``reconnectWait``, and calls made
+meanwhile wait up to ``connectTimeout`` for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+from ..errors import CapaError, SettingsError
+from ..spi import PubSubComponent
+from ..types import Delivery
+
+log = logging.getLogger("capa_core.rabbitmq")
+
+T = TypeVar("T")
+
+_NAME_LIMIT = 255  # AMQP short strings: queue, exchange names and routing keys
+_DELIVERY_COUNT = "x-delivery-count"
+
+
+class RabbitMQUnavailable(ConnectionError):
+    """The broker could not be reached, or the connection dropped during the call."""
+
+
+class RabbitMQRefused(Exception):
+    """The broker refused a request for a reason retrying cannot fix (credentials, arguments)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code, self.text = code, text
+
+
+def _seconds(value: Any) -> float:
+    """A duration: a number of seconds, or a string such as "3", "3s", "500ms", "1m"."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+            if text.endswith(suffix):
+                seconds = float(text[: -len(suffix)]) * scale
+                break
+        else:
+            seconds = float(text)
+    if seconds < 0:
+        raise ValueError(value)
+    return seconds
+
+
+def routing_key(topic: str) -> str:
+    """The routing key of a topic: wildcard characters escaped, so it only matches itself."""
+    return topic.replace("%", "%25").replace("*", "%2A").replace("#", "%23")
+
+
+def _checked_name(name: str, what: str) -> str:
+    if len(name.encode("utf-8")) > _NAME_LIMIT:
+        raise ValueError(
+            f"the RabbitMQ {what} {name!r} is longer than {_NAME_LIMIT} bytes; "
+            "use shorter topic, group or exchange names"
+        )
+    return name
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
+
+
+class RabbitMQPubSub(PubSubComponent):
+    kind = "rabbitmq"
+    transient_errors = (RabbitMQUnavailable,)
+
+    def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
+        super().__init__(name, metadata, source=source)
+        self.url = self._url()
+        self.exchange = self.option("exchange", str, f"capa.{name}")
+        if not self.exchange or len(self.exchange.encode("utf-8")) > 200:
+            raise SettingsError(
+                self.source, "exchange", f"{self.exchange!r} is empty or too long",
+                "use a name of 1 to 200 bytes",
+            )
+        self.reconnect_wait = self.option("reconnectWait", _seconds, 2.0)
+        self.connect_timeout = self.option("connectTimeout", _seconds, 5.0)
+        self.publish_timeout = self.option("publishTimeout", _seconds, 30.0)
+        expiry: float | None = self.option("queueExpiry", _seconds, None)
+        self.queue_expiry = expiry
+        if expiry is not None and expiry < 1:
+            raise SettingsError(
+                self.source, "queueExpiry", f"{expiry} s is too short",
+                "set queueExpiry to at least 1 second, or leave it out",
+            )
+        self.parameters = self._parameters()
+        self._link: _Link | None = None
+        self._link_lock = threading.Lock()
+
+    # --- settings -------------------------------------------------------------------------------
+
+    def _url(self) -> str:
+        url = self.option("url", str, "", "connectionString", "host")
+        if not url:
+            hostname = self.option("hostname", str, "")
+            if not hostname:
+                raise SettingsError(
+                    self.source, "url", "no broker address given",
+                    'set url = "amqp://user:password@host:5672/vhost" (or Dapr\'s '
+                    "connectionString, or hostname with username and password)",
+                )
+            port = self.option("port", int, 5672)
+            user = quote(self.option("username", str, "guest"), safe="")
+            password = quote(self.option("password", str, "guest"), safe="")
+            vhost = quote(self.option("vhost", str, "/"), safe="")
+            scheme = self.option("protocol", str, "amqp")
+            url = f"{scheme}://{user}:{password}@{hostname}:{port}/{vhost}"
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in {"amqp", "amqps"}:
+            raise SettingsError(
+                self.source, "url", f"{url!r} is not an AMQP URL",
+                "write it as amqp://user:password@host:5672/vhost (or amqps://)",
+            )
+        return url
+
+    def _parameters(self) -> Any:
+        import pika
+
+        try:
+            parameters = pika.URLParameters(self.url)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(
+                self.source, "url", f"cannot be read: {exc}",
+                "write it as amqp://user:password@host:5672/vhost?heartbeat=30",
+            ) from None
+        if not parameters.virtual_host:
+            parameters.virtual_host = "/"  # "amqp://host//" means the default vhost, as in kombu
+        parameters.client_properties = {"connection_name": f"capa {self.name}"}
+        return parameters
+
+    @property
+    def address(self) -> str:
+        """Where the broker is, for messages: host, port and vhost, never the password."""
+        p = self.parameters
+        return f"{p.host}:{p.port}/{p.virtual_host}"
+
+    # --- the I/O thread ---------------------------------------------------------------------------
+
+    def _broker(self) -> _Link:
+        link = self._link
+        if link is None:
+            with self._link_lock:
+                link = self._link
+                if link is None:
+                    link = self._link = _Link(self)
+        return link
+
+    def _run(self, make: Callable[[_Link], Coroutine[Any, Any, T]], timeout: float) -> T:
+        link = self._broker()
+        return link.run(make(link), timeout)
+
+    # --- the SPI --------------------------------------------------------------------------------
+
+    def publish(self, topic: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        self._run(
+            lambda link: link.publish(topic, [(data, metadata)]),
+            self.connect_timeout + self.publish_timeout + 5,
+        )
+
+    def bulk_publish(
+        self, topic: str, entries: Sequence[tuple[str, bytes, Mapping[str, str]]]
+    ) -> dict[str, Exception]:
+        """Publish all entries at once and wait for their confirms together."""
+        if not entries:
+            return {}
+        outcomes = self._run(
+            lambda link: link.publish(topic, [(data, meta) for _, data, meta in entries],
+                                      collect=True),
+            self.connect_timeout + self.publish_timeout + 5,
+        )
+        failed: dict[str, Exception] = {}
+        for (entry_id, _, _), outcome in zip(entries, outcomes, strict=True):
+            if outcome is not None:
+                failed[entry_id] = self.translate_error(outcome) or outcome
+        return failed
+
+    def ensure_group(self, topic: str, group: str) -> None:
+        self._run(lambda link: link.ensure_group(topic, group), self.connect_timeout + 30)
+
+    def pull(
+        self, topic: str, group: str, max_messages: int, timeout: float, lease: float
+    ) -> list[Delivery]:
+        if max_messages < 1:
+            return []
+        return self._run(
+            lambda link: link.pull(topic, group, max_messages, timeout, lease),
+            self.connect_timeout + timeout + 30,
+        )
+
+    def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        self._settle(topic, group, ids, "ack", 0.0)
+
+    def nack(self, topic: str, group: str, ids: Sequence[str], delay: float) -> None:
+        self._settle(topic, group, ids, "nack", delay)
+
+    def extend(self, topic: str, group: str, ids: Sequence[str], lease: float) -> None:
+        self._settle(topic, group, ids, "extend", lease)
+
+    def _settle(self, topic: str, group: str, ids: Sequence[str], how: str, seconds: float) -> None:
+        if not ids:
+            return
+        link = self._link
+        if link is None:  # nothing was ever pulled here: these ids are not ours
+            return
+        link.call(link.settle, topic, group, list(ids), how, seconds)
+
+    def purge(self, topic: str, group: str) -> int:
+        return self._run(lambda link: link.purge(topic, group), self.connect_timeout + 30)
+
+    def translate_error(self, exc: Exception) -> CapaError | None:
+        if isinstance(exc, RabbitMQRefused):
+            if exc.code == 403:
+                return SettingsError(
+                    self.source, "url", f"RabbitMQ at {self.address} refused access: {exc.text}",
+                    "check the user name, password and the user's permissions on the vhost",
+                )
+            if exc.code == 406:
+                return SettingsError(
+                    self.source, "exchange", f"RabbitMQ refused a declaration: {exc.text}",
+                    "a queue or exchange of that name exists with other arguments: delete it, "
+                    "or set another exchange name",
+                )
+            return SettingsError(
+                self.source, "url", f"RabbitMQ at {self.address} refused: {exc.text}",
+                "check the broker's settings and permissions",
+            )
+        return None
+
+    def close(self) -> None:
+        with self._link_lock:
+            link, self._link = self._link, None
+        if link is not None:
+            link.close()
+
+
+# --- the connection owner, on its own event loop -----------------------------------------------
+
+
+class _Channel:
+    """A pika channel, the futures waiting on it, and what is in hand on it."""
+
+    def __init__(self, channel: Any, epoch: int) -> None:
+        self.channel = channel
+        self.epoch = epoch
+        self.waiting: set[asyncio.Future[Any]] = set()
+        self.lost: BaseException | None = None
+        self.get_waiter: asyncio.Future[Any] | None = None
+        # publisher confirms: sequence number -> the publish waiting for it
+        self.confirms: dict[int, asyncio.Future[None]] = {}
+        self.sequence = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.lost is None and bool(self.channel.is_open)
+
+    def watch(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """Fail ``future`` if this channel closes before it is done."""
+        if self.lost is not None:
+            future.set_exception(self.lost)
+        else:
+            self.waiting.add(future)
+            future.add_done_callback(self.waiting.discard)
+        return future
+
+    async def rpc(self, start: Callable[[Callable[[Any], None]], Any]) -> Any:
+        """Send a synchronous AMQP method (``start(callback)``) and wait for its reply."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.watch(future)
+
+        def done(frame: Any) -> None:
+            if not future.done():
+                future.set_result(frame)
+
+        try:
+            start(done)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        return await future
+
+    def closed(self, error: BaseException) -> None:
+        self.lost = error
+        for future in list(self.waiting) + list(self.confirms.values()):
+            if not future.done():
+                future.set_exception(error)
+        self.waiting.clear()
+        self.confirms.clear()
+
+
+@dataclass
+class _Feed:
+    """One (topic, group) on this connection: its channel and the deliveries in hand."""
+
+    queue: str
+    channel: _Channel | None = None
+    prefetch: int = 0
+    held: dict[int, asyncio.TimerHandle] = field(default_factory=dict)  # tag -> lease timer
+    consume_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    open_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _unavailable(exc: BaseException) -> BaseException:
+    """The error callers get for a pika failure: refusals stay, the rest is transient."""
+    import pika.exceptions as px
+
+    if isinstance(exc, RabbitMQRefused | RabbitMQUnavailable):
+        return exc
+    if isinstance(exc, px.ProbableAuthenticationError | px.ProbableAccessDeniedError):
+        return RabbitMQRefused(403, str(exc) or type(exc).__name__)
+    closed_by_broker = px.ChannelClosedByBroker | px.ConnectionClosedByBroker
+    if isinstance(exc, closed_by_broker) and exc.reply_code in (403, 406):
+        return RabbitMQRefused(exc.reply_code, exc.reply_text)
+    return RabbitMQUnavailable(f"{type(exc).__name__}: {exc}")
+
+
+class _Link:
+    """The one pika connection of a component, driven by its own thread and event loop."""
+
+    def __init__(self, owner: RabbitMQPubSub) -> None:
+        self.owner = owner
+        self.exchange = owner.exchange
+        self.unrouted = f"{owner.exchange}.unrouted"
+        expires = (
+            {} if owner.queue_expiry is None else {"x-expires": int(owner.queue_expiry * 1000)}
+        )
+        self.group_arguments = {"x-queue-type": "quorum", **expires}
+        self.holding_arguments = {"x-queue-type": "classic", **expires}
+        # Exchanges go when their last queue does, when queues expire (test runs, mostly).
+        self.auto_delete = owner.queue_expiry is not None
+        self.loop = asyncio.new_event_loop()
+        self.connection: Any = None
+        self.control: _Channel | None = None  # declarations, backlog moves, purges
+        self.publisher: _Channel | None = None  # confirm mode
+        self.feeds: dict[tuple[str, str], _Feed] = {}
+        self.topics: set[str] = set()
+        self.groups: set[tuple[str, str]] = set()
+        self.exchanges_declared = False
+        self.epochs = itertools.count(1)
+        self.connected_once = False
+        self.closing = False
+        self.last_error: BaseException | None = None
+        self.state: asyncio.Condition | None = None
+        self.topology_lock: asyncio.Lock | None = None
+        self.open_lock: asyncio.Lock | None = None
+        self.maintainer: asyncio.Task[None] | None = None
+        self.thread = threading.Thread(
+            target=self._run_loop, name=f"capa-rabbitmq-{owner.name}", daemon=True
+        )
+        self.thread.start()
+        self.call(self._start)
+
+    # --- crossing threads ---------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run ``coroutine`` on the I/O thread and wait for its result."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if not future.done():
+                future.cancel()
+                raise RabbitMQUnavailable(
+                    f"RabbitMQ at {self.owner.address} did not answer within {timeout:.0f} s"
+                ) from None
+            raise
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a plain function on the I/O thread and wait for its result."""
+
+        async def invoke() -> T:
+            return fn(*args)
+
+        return self.run(invoke(), 30.0)
+
+    def _start(self) -> None:
+        self.state = asyncio.Condition()
+        self.topology_lock = asyncio.Lock()
+        self.open_lock = asyncio.Lock()
+        self.maintainer = self.loop.create_task(self._maintain())
+
+    # --- connecting -----------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Keep a connection open: reconnect with exponential backoff whenever it drops."""
+        backoff = 0.1
+        while not self.closing:
+            try:
+                lost = await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = _unavailable(exc)
+                log.warning("cannot connect to RabbitMQ at %s: %s", self.owner.address, exc)
+                await self._announce()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max(self.owner.reconnect_wait, 0.1))
+                continue
+            backoff = 0.1
+            self.connected_once = True
+            self.last_error = None
+            await self._announce()
+            reason = await lost
+            if self._closed():
+                return
+            log.warning("lost the connection to RabbitMQ at %s: %s", self.owner.address, reason)
+            self._forget_connection(_unavailable(reason))
+
+    def _closed(self) -> bool:
+        return self.closing
+
+    async def _announce(self) -> None:
+        assert self.state is not None
+        async with self.state:
+            self.state.notify_all()
+
+    async def _connect(self) -> asyncio.Future[BaseException]:
+        from pika.adapters.asyncio_connection import AsyncioConnection
+
+        opened: asyncio.Future[Any] = self.loop.create_future()
+        lost: asyncio.Future[BaseException] = self.loop.create_future()
+
+        def on_open(connection: Any) -> None:
+            if not opened.done():
+                opened.set_result(connection)
+
+        def on_open_error(connection: Any, exc: BaseException) -> None:
+            if not opened.done():
+                opened.set_exception(exc)
+
+        def on_close(connection: Any, reason: BaseException) -> None:
+            if not opened.done():
+                opened.set_exception(reason)
+            if not lost.done():
+                lost.set_result(reason)
+
+        connection = AsyncioConnection(
+            self.owner.parameters, on_open, on_open_error, on_close, custom_ioloop=self.loop
+        )
+        try:
+            await opened
+            self.connection = connection
+            self.control = await self._open_channel()
+            self.publisher = await self._open_channel(confirm=True)
+        except BaseException:
+            self.connection = None
+            if connection.is_open:
+                connection.close()
+            raise
+        return lost
+
+    def _forget_connection(self, error: BaseException) -> None:
+        """The connection is gone: fail what waits on it, drop what was in hand."""
+        self.connection = None
+        for channel in (self.control, self.publisher):
+            if channel is not None:
+                channel.closed(error)
+        self.control = self.publisher = None
+        for feed in self.feeds.values():
+            self._drop_feed_channel(feed, error)
+        self.exchanges_declared = False  # declarations are cheap; redo them after a restart
+        self.topics.clear()
+        self.groups.clear()
+
+    async def _ready(self) -> Any:
+        """The open connection, waiting up to connectTimeout for it."""
+        if self.connection is not None and self.connection.is_open:
+            return self.connection
+        if self.closing:
+            raise RabbitMQUnavailable("the component is closed")
+        assert self.state is not None
+        loop = self.loop
+        deadline = loop.time() + self.owner.connect_timeout
+        async with self.state:
+            while self.connection is None or not self.connection.is_open:
+                error = self.last_error
+                if isinstance(error, RabbitMQRefused) or (
+                    error is not None and not self.connected_once
+                ):
+                    # Wrong credentials, or a broker never reached: say so now, not after waiting.
+                    raise error
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise RabbitMQUnavailable(
+                        f"RabbitMQ at {self.owner.address} is unreachable: "
+                        f"{error or 'still connecting'}"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.state.wait(), remaining)
+        return self.connection
+
+    async def _open_channel(self, *, confirm: bool = False) -> _Channel:
+        import pika.spec
+
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            raise RabbitMQUnavailable("not connected")
+        opened: asyncio.Future[Any] = self.loop.create_future()
+        holder: list[_Channel] = []
+
+        def on_open(channel: Any) -> None:
+            if not opened.done():
+                opened.set_result(channel)
+
+        def on_close(channel: Any, reason: BaseException) -> None:
+            error = _unavailable(reason)
+            if not opened.done():
+                opened.set_exception(error)
+            if holder:
+                holder[0].closed(error)
+
+        try:
+            raw = connection.channel(on_open_callback=on_open)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        raw.add_on_close_callback(on_close)
+        await opened
+        channel = _Channel(raw, next(self.epochs))
+        holder.append(channel)
+        raw.add_callback(
+            lambda frame: self._get_empty(channel), [pika.spec.Basic.GetEmpty], one_shot=False
+        )
+        if confirm:
+            await channel.rpc(
+                lambda cb: raw.confirm_delivery(
+                    lambda frame: self._confirmed(channel, frame), callback=cb
+                )
+            )
+        return channel
+
+    async def _control_channel(self) -> _Channel:
+        await self._ready()
+        if self.control is None or not self.control.usable:
+            assert self.open_lock is not None
+            async with self.open_lock:
+                if self.control is None or not self.control.usable:
+                    self.control = await self._open_channel()
+        return self.control
+
+    async def _publisher_channel(self) -> _Channel:
+        await self._ready()
+        if self.publisher is None or not self.publisher.usable:
+            assert self.open_lock is not None
+            async with self.open_lock:
+                if self.publisher is None or not self.publisher.usable:
+                    self.publisher = await self._open_channel(confirm=True)
+        return self.publisher
+
+    # --- publishing -----------------------------------------------------------------------------
+
+    def _send(
+        self, channel: _Channel, exchange: str, key: str, body: bytes, properties: Any
+    ) -> asyncio.Future[None]:
+        """Publish on the confirm channel; the future resolves when the broker confirms."""
+        future: asyncio.Future[None] = self.loop.create_future()
+        if not channel.usable:
+            future.set_exception(channel.lost or RabbitMQUnavailable("the channel is closed"))
+            return future
+        try:
+            channel.channel.basic_publish(exchange, key, body, properties)
+        except Exception as exc:
+            future.set_exception(_unavailable(exc))
+            return future
+        channel.sequence += 1
+        channel.confirms[channel.sequence] = future
+        return future
+
+    def _confirmed(self, channel: _Channel, frame: Any) -> None:
+        import pika.spec
+
+        method = frame.method
+        ok = isinstance(method, pika.spec.Basic.Ack)
+        if method.multiple:
+            tags = [t for t in itertools.takewhile(lambda t: t <= method.delivery_tag,
+                                                   channel.confirms)]
+        else:
+            tags = [method.delivery_tag]
+        for tag in tags:
+            future = channel.confirms.pop(tag, None)
+            if future is None or future.done():
+                continue
+            if ok:
+                future.set_result(None)
+            else:
+                future.set_exception(
+                    RabbitMQUnavailable("the broker could not store the message (basic.nack)")
+                )
+
+    async def publish(
+        self, topic: str, entries: list[tuple[bytes, Mapping[str, str]]], collect: bool = False
+    ) -> list[Exception | None]:
+        import pika
+
+        key = _checked_name(routing_key(topic), "routing key")
+        await self._ensure_topic(topic)
+        channel = await self._publisher_channel()
+        confirms = []
+        for body, metadata in entries:
+            headers = dict(metadata)
+            properties = pika.BasicProperties(
+                delivery_mode=2, headers=headers, content_type=headers.get("content-type")
+            )
+            confirms.append(self._send(channel, self.exchange, key, body, properties))
+        try:
+            async with asyncio.timeout(self.owner.publish_timeout):
+                results = await asyncio.gather(*confirms, return_exceptions=True)
+        except TimeoutError:
+            raise RabbitMQUnavailable(
+                f"RabbitMQ at {self.owner.address} did not confirm the message within "
+                f"{self.owner.publish_timeout:g} s"
+            ) from None
+        outcomes: list[Exception | None] = [
+            None if not isinstance(r, BaseException)
+            else r if isinstance(r, Exception)
+            else RabbitMQUnavailable(f"the publish was interrupted: {r!r}")
+            for r in results
+        ]
+        if not collect:
+            for outcome in outcomes:
+                if outcome is not None:
+                    raise outcome
+        return outcomes
+
+    # --- topology -------------------------------------------------------------------------------
+
+    def _queue(self, topic: str, group: str) -> str:
+        return _checked_name(
+            f"{self.exchange}:{quote(topic, safe='')}:{quote(group, safe='')}", "queue name"
+        )
+
+    def _holding_queue(self, topic: str) -> str:
+        return _checked_name(f"{self.unrouted}:{quote(topic, safe='')}", "queue name")
+
+    async def _declare_exchanges(self, channel: _Channel) -> None:
+        if self.exchanges_declared:
+            return
+        raw = channel.channel
+        await channel.rpc(lambda cb: raw.exchange_declare(
+            self.unrouted, exchange_type="direct", durable=True, auto_delete=self.auto_delete,
+            callback=cb,
+        ))
+        await channel.rpc(lambda cb: raw.exchange_declare(
+            self.exchange, exchange_type="topic", durable=True, auto_delete=self.auto_delete,
+            arguments={"alternate-exchange": self.unrouted}, callback=cb,
+        ))
+        self.exchanges_declared = True
+
+    async def _declare_holding(self, channel: _Channel, topic: str) -> tuple[str, int]:
+        holding = self._holding_queue(topic)
+        raw = channel.channel
+        frame = await channel.rpc(lambda cb: raw.queue_declare(
+            holding, durable=True, arguments=self.holding_arguments, callback=cb
+        ))
+        await channel.rpc(lambda cb: raw.queue_bind(
+            holding, self.unrouted, routing_key=routing_key(topic), callback=cb
+        ))
+        return holding, int(frame.method.message_count)
+
+    async def _ensure_topic(self, topic: str) -> None:
+        if topic in self.topics:
+            return
+        assert self.topology_lock is not None
+        async with self.topology_lock:
+            if topic in self.topics:
+                return
+            channel = await self._control_channel()
+            await self._declare_exchanges(channel)
+            await self._declare_holding(channel, topic)
+            self.topics.add(topic)
+
+    async def ensure_group(self, topic: str, group: str) -> None:
+        if (topic, group) in self.groups:
+            return
+        assert self.topology_lock is not None
+        async with self.topology_lock:
+            if (topic, group) in self.groups:
+                return
+            queue = self._queue(topic, group)
+            key = _checked_name(routing_key(topic), "routing key")
+            channel = await self._control_channel()
+            raw = channel.channel
+            await self._declare_exchanges(channel)
+            await channel.rpc(lambda cb: raw.queue_declare(
+                queue, durable=True, arguments=self.group_arguments, callback=cb
+            ))
+            holding, held = await self._declare_holding(channel, topic)
+            if held:
+                await self._move(channel, holding, queue)
+            await channel.rpc(lambda cb: raw.queue_bind(
+                queue, self.exchange, routing_key=key, callback=cb
+            ))
+            # Anything routed to the holding queue while the binding was being made.
+            await self._move(channel, holding, queue)
+            self.topics.add(topic)
+            self.groups.add((topic, group))
+
+    def _get_empty(self, channel: _Channel) -> None:
+        waiter, channel.get_waiter = channel.get_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _get(self, channel: _Channel, queue: str) -> tuple[Any, Any, bytes] | None:
+        """basic.get one message from ``queue``; None when it is empty."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+        channel.watch(future)
+        channel.get_waiter = future
+
+        def got(raw: Any, method: Any, properties: Any, body: bytes) -> None:
+            channel.get_waiter = None
+            if not future.done():
+                future.set_result((method, properties, body))
+
+        try:
+            channel.channel.basic_get(queue, got)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        result: tuple[Any, Any, bytes] | None = await future
+        return result
+
+    async def _move(self, channel: _Channel, source: str, target: str) -> None:
+        """Move every message of ``source`` into ``target``: republish, confirm, then ack."""
+        publisher = await self._publisher_channel()
+        moved: list[tuple[int, asyncio.Future[None]]] = []
+        try:
+            while (got := await self._get(channel, source)) is not None:
+                method, properties, body = got
+                if properties.headers:
+                    properties.headers.pop(_DELIVERY_COUNT, None)
+                confirm = self._send(publisher, "", target, body, properties)
+                moved.append((method.delivery_tag, confirm))
+            for tag, confirm in moved:
+                await confirm
+                channel.channel.basic_ack(tag)
+        except BaseException:
+            # Closing the channel hands every message it got back to the holding queue.
+            if channel.usable:
+                channel.channel.close()
+            raise
+
+    async def purge(self, topic: str, group: str) -> int:
+        await self.ensure_group(topic, group)
+        assert self.topology_lock is not None
+        async with self.topology_lock:
+            channel = await self._control_channel()
+            raw = channel.channel
+            frame = await channel.rpc(
+                lambda cb: raw.queue_purge(self._queue(topic, group), callback=cb)
+            )
+        return int(frame.method.message_count)
+
+    # --- consuming ------------------------------------------------------------------------------
+
+    async def _feed_channel(self, feed: _Feed) -> _Channel:
+        if feed.channel is not None and feed.channel.usable:
+            return feed.channel
+        async with feed.open_lock:
+            if feed.channel is None or not feed.channel.usable:
+                await self._ready()
+                channel = await self._open_channel()
+                channel.channel.add_on_close_callback(
+                    lambda raw, reason: self._feed_channel_closed(feed, channel, reason)
+                )
+                feed.channel, feed.prefetch = channel, 0
+            return feed.channel
+
+    def _feed_channel_closed(self, feed: _Feed, channel: _Channel, reason: BaseException) -> None:
+        import pika.exceptions as px
+
+        if feed.channel is channel:
+            self._drop_feed_channel(feed, _unavailable(reason))
+        if isinstance(reason, px.ChannelClosedByBroker) and reason.reply_code == 404:
+            # The queue was deleted under us (expired, or by hand): declare it again next time.
+            self.groups = {g for g in self.groups if self._queue(*g) != feed.queue}
+        if not self.closing:
+            log.warning("RabbitMQ closed the channel of %s: %s", feed.queue, reason)
+
+    def _drop_feed_channel(self, feed: _Feed, error: BaseException) -> None:
+        for timer in feed.held.values():
+            timer.cancel()
+        feed.held.clear()
+        if feed.channel is not None:
+            feed.channel.closed(error)
+        feed.channel, feed.prefetch = None, 0
+
+    async def pull(
+        self, topic: str, group: str, max_messages: int, timeout: float, lease: float
+    ) -> list[Delivery]:
+        await self.ensure_group(topic, group)
+        feed = self.feeds.get((topic, group))
+        if feed is None:
+            feed = self.feeds[(topic, group)] = _Feed(self._queue(topic, group))
+        channel = await self._feed_channel(feed)
+        raw = channel.channel
+        got: list[tuple[Any, Any, bytes]] = []
+        arrived: asyncio.Future[None] = channel.watch(self.loop.create_future())
+
+        def enough() -> None:
+            if not arrived.done():
+                arrived.set_result(None)
+
+        def on_message(_raw: Any, method: Any, properties: Any, body: bytes) -> None:
+            got.append((method, properties, body))
+            if len(got) >= max_messages:
+                enough()
+            elif len(got) == 1:
+                # Let the rest of this burst (frames already read) arrive before cancelling.
+                self.loop.call_soon(enough)
+
+        async with feed.consume_lock:
+            if feed.prefetch != max_messages:
+                await channel.rpc(lambda cb: raw.basic_qos(prefetch_count=max_messages,
+                                                           callback=cb))
+                feed.prefetch = max_messages
+            frame = await channel.rpc(lambda cb: raw.basic_consume(
+                feed.queue, on_message, callback=cb
+            ))
+        tag = frame.method.consumer_tag
+        cancelled = False
+        try:
+            await asyncio.wait([arrived], timeout=timeout)
+            if arrived.done() and not arrived.cancelled():
+                error = arrived.exception()
+                if error is not None:
+                    raise error
+            await self._cancel(channel, tag)
+            cancelled = True
+        except BaseException:
+            # Whatever reached us goes back to the queue (a closed channel requeues by itself).
+            if channel.usable:
+                if not cancelled:
+                    raw.basic_cancel(tag)  # no-wait: pika requeues anything still arriving
+                for method, _, _ in got:
+                    raw.basic_nack(method.delivery_tag, requeue=True)
+            raise
+        finally:
+            if not arrived.done():
+                arrived.cancel()
+        return [self._hand_out(feed, channel, lease, *message) for message in got]
+
+    async def _cancel(self, channel: _Channel, consumer_tag: str) -> None:
+        """Cancel a consumer, keeping the messages that arrive before cancel-ok.
+
+        pika rejects (requeues) deliveries that reach a consumer it is cancelling, which would
+        count as a delivery; re-admitting the consumer tag keeps them for this pull instead.
+        """
+        raw = channel.channel
+
+        def start(callback: Callable[[Any], None]) -> None:
+            raw.basic_cancel(consumer_tag, callback=callback)
+            cancelling = getattr(raw, "_cancelled", None)
+            if isinstance(cancelling, set):
+                cancelling.discard(consumer_tag)
+
+        await channel.rpc(start)
+
+    def _hand_out(
+        self, feed: _Feed, channel: _Channel, lease: float, method: Any, properties: Any,
+        body: bytes,
+    ) -> Delivery:
+        tag: int = method.delivery_tag
+        headers = dict(properties.headers or {})
+        count = headers.pop(_DELIVERY_COUNT, None)
+        # Quorum queues count earlier deliveries; other queue types only flag a redelivery.
+        attempt = int(count) + 1 if count is not None else 2 if method.redelivered else 1
+        feed.held[tag] = self.loop.call_later(lease, self._expire, feed, channel, tag)
+        metadata = {str(k): _text(v) for k, v in headers.items()}
+        return Delivery(f"{channel.epoch}.{tag}", body, attempt, metadata)
+
+    def _expire(self, feed: _Feed, channel: _Channel, tag: int) -> None:
+        """A lease ran out (or a nack delay passed): back to the queue, one delivery more."""
+        if feed.held.pop(tag, None) is not None and feed.channel is channel and channel.usable:
+            channel.channel.basic_nack(tag, requeue=True)
+
+    def settle(self, topic: str, group: str, ids: list[str], how: str, seconds: float) -> None:
+        """ack, nack (after ``seconds``) or extend (by ``seconds``) deliveries in hand."""
+        feed = self.feeds.get((topic, group))
+        channel = feed.channel if feed is not None else None
+        if feed is None or channel is None or not channel.usable:
+            return  # the channel they came on is gone: the broker has requeued them
+        for delivery_id in ids:
+            epoch, _, tag_text = delivery_id.partition(".")
+            if epoch != str(channel.epoch) or not tag_text.isdigit():
+                continue  # from an earlier connection, or not ours
+            tag = int(tag_text)
+            timer = feed.held.pop(tag, None)
+            if timer is None:
+                continue  # already settled, or its lease ran out
+            timer.cancel()
+            if how == "ack":
+                channel.channel.basic_ack(tag)
+            elif how == "nack" and seconds <= 0:
+                channel.channel.basic_nack(tag, requeue=True)
+            else:  # a delayed nack, or a lease extension: the same timer, with a new deadline
+                feed.held[tag] = self.loop.call_later(seconds, self._expire, feed, channel, tag)
+
+    # --- closing --------------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        self.closing = True
+        if self.maintainer is not None:
+            self.maintainer.cancel()
+        connection = self.connection
+        if connection is not None and connection.is_open:
+            closed: asyncio.Future[None] = self.loop.create_future()
+
+            def on_close(connection: Any, reason: BaseException) -> None:
+                if not closed.done():
+                    closed.set_result(None)
+
+            connection.add_on_close_callback(on_close)
+            connection.close()
+            try:
+                async with asyncio.timeout(5):
+                    await closed
+            except TimeoutError:
+                log.warning("RabbitMQ at %s did not close the connection in time",
+                            self.owner.address)
+        self._forget_connection(RabbitMQUnavailable("the component is closed"))
+
+    def close(self) -> None:
+        try:
+            self.run(self._shutdown(), 10.0)
+        except Exception:  # closing must not fail: the thread goes away regardless
+            log.exception("closing the RabbitMQ connection failed")
+        finally:
+            tasks = asyncio.run_coroutine_threadsafe(_cancel_tasks(), self.loop)
+            with contextlib.suppress(Exception):
+                tasks.result(5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
+async def _cancel_tasks() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=2)
+
