@@ -1,4 +1,4 @@
-"""CapaCache: a Django cache backend (a real BaseCache) whose entries live in a capa state component.
+"""CapaCache: a Django cache backend (a real BaseCache) keeping its entries in capa state.
 
 CACHES = {"default": {"BACKEND": "capa_compat.django.cache.CapaCache", "LOCATION": ...}}
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import pickle
@@ -45,8 +46,8 @@ from django.utils.module_loading import import_string
 from capa_core import (
     BulkStateError,
     CapaError,
-    Concurrency,
     ComponentNotFound,
+    Concurrency,
     Delete,
     ETagMismatch,
     Runtime,
@@ -236,7 +237,7 @@ class CapaCache(BaseCache):
             str(self.key_func("a", self.key_prefix, self.version)),
             str(self.key_func("b", self.key_prefix, self.version + 1)),
         ]
-        return os.path.commonprefix(samples)
+        return os.path.commonprefix(samples)  # noqa: RUF071 (a string prefix is wanted)
 
     def _cull(self) -> None:
         """Django's MAX_ENTRIES / CULL_FREQUENCY, evicting the entries closest to expiry first."""
@@ -348,7 +349,7 @@ class CapaCache(BaseCache):
             item = self._store.get(made)
             remaining = None if item is None else self._remaining(item.expires_at)
             if item is None or (remaining is not None and remaining <= 0):
-                raise ValueError("Key '%s' not found" % key)
+                raise ValueError(f"Key '{key}' not found")
             new_value = self._loads(item.value, made) + delta
             try:
                 # The ETag makes this a compare-and-swap: a concurrent writer (another thread or
@@ -364,7 +365,7 @@ class CapaCache(BaseCache):
         item = self._store.get(old)
         remaining = None if item is None else self._remaining(item.expires_at)
         if item is None or (remaining is not None and remaining <= 0):
-            raise ValueError("Key '%s' not found" % key)
+            raise ValueError(f"Key '{key}' not found")
         try:
             self._store.transaction([Upsert(new, item.value, ttl=remaining), Delete(old)])
         except UnsupportedFeature:
@@ -510,9 +511,8 @@ def _contended(key: str) -> RuntimeError:
 def _close_runtimes() -> None:
     with _runtimes_lock:
         for runtime in [*_url_runtimes.values(), *_file_runtimes.values()]:
-            try:
+            # The process is ending; a close failure must not mask its exit status.
+            with contextlib.suppress(Exception):
                 runtime.close()
-            except Exception:  # the process is ending; a close failure must not mask its exit
-                pass
         _url_runtimes.clear()
         _file_runtimes.clear()

@@ -71,7 +71,9 @@ _DEFAULT_STORE_BACKENDS = (
 LEGACY_BACKENDS = (*_REDIS_BACKENDS, _LOCMEM, _FILEBASED, *_DEFAULT_STORE_BACKENDS)
 
 
-def capa_params(backend: str, location: Any, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def capa_params(
+    backend: str, location: Any, params: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
     """The CapaCache LOCATION and params serving a legacy CACHES entry.
 
     RedisCache / django-redis: the first server URL (the primary, where Django writes).
@@ -104,22 +106,20 @@ def _connect(alias: str, settings: Mapping[str, Any], fallback: Any = None) -> B
     params = dict(settings[alias])
     backend = params.pop("BACKEND")
     location = params.pop("LOCATION", "")
-    try:
-        if backend in LEGACY_BACKENDS:
-            location, params = capa_params(backend, location, params)
-            return CapaCache(location, params)
+    if backend not in LEGACY_BACKENDS and backend != BACKEND:
         if fallback is not None:
             return fallback(alias)  # type: ignore[no-any-return]
         try:
             backend_cls = import_string(backend)
         except ImportError as exc:
-            raise InvalidCacheBackendError(
-                f"Could not find backend '{backend}': {exc}"
-            ) from exc
+            raise InvalidCacheBackendError(f"Could not find backend '{backend}': {exc}") from exc
         return backend_cls(location, params)  # type: ignore[no-any-return]
+    try:
+        if backend in LEGACY_BACKENDS:
+            location, params = capa_params(backend, location, params)
+        return CapaCache(location, params)
     except InvalidCacheBackendError as exc:
-        if str(exc).startswith("CACHES["):
-            raise
+        # Name the CACHES entry: the backend alone cannot know which alias it serves.
         raise InvalidCacheBackendError(f"CACHES[{alias!r}]: {exc}") from exc
 
 

@@ -1,0 +1,1 @@
+"""Fidelity: legacy libraries' own test suites, from their sdists, run against the shims."""

@@ -1,0 +1,1 @@
+"""Django's cache test suite (tests/cache in its sdist) run against CapaCache."""

@@ -1,0 +1,1 @@
+"""dynaconf's own tests run with its settings classes replaced by capa_compat.dynaconf."""

@@ -1,0 +1,1 @@
+"""Flask's tests/test_config.py run with Flask and Config replaced by capa_compat.flask."""
