@@ -286,6 +286,7 @@ class PubSub:
         self._json = isinstance(codec, JsonCodec)
         self._envelope_codec = codec if self._json else JsonCodec()
         self._subscriptions: list[Subscription] = []
+        self._consumers: dict[tuple[Any, ...], _Consumer] = {}
         self.lease_keeper = _LeaseKeeper(self)
 
     # --- publishing -----------------------------------------------------------------------------
@@ -443,12 +444,17 @@ class PubSub:
         self, topic: str, group: str, max_attempts: int | None, dead_letter_topic: str | None,
         retry_delay: float,
     ) -> _Consumer:
-        if not topic or not group:
-            raise ValueError("topic and group must be non-empty strings")
-        return _Consumer(
-            self, topic, group, lease=self.lease, max_attempts=max_attempts,
-            dead_letter_topic=dead_letter_topic, retry_delay=retry_delay,
-        )
+        # One consumer per set of options: its groups are declared once, not on every pull.
+        key = (topic, group, max_attempts, dead_letter_topic, retry_delay, self.lease)
+        consumer = self._consumers.get(key)
+        if consumer is None:
+            if not topic or not group:
+                raise ValueError("topic and group must be non-empty strings")
+            consumer = self._consumers[key] = _Consumer(
+                self, topic, group, lease=self.lease, max_attempts=max_attempts,
+                dead_letter_topic=dead_letter_topic, retry_delay=retry_delay,
+            )
+        return consumer
 
     def decode(self, topic: str, delivery: Delivery, consumer: _Consumer | None) -> Message:
         """Turn a delivery into a Message, unwrapping a CloudEvent envelope."""

@@ -52,8 +52,13 @@ def _shared(block: str, metadata: Mapping[str, Any], factory: Callable[[], Any])
         return _namespaces.setdefault((block, str(namespace)), factory())
 
 
+_etag_prefix = os.urandom(4).hex()
+_etag_serial = itertools.count(1)
+
+
 def new_etag() -> str:
-    return os.urandom(8).hex()
+    # Unique in the process, which is all a memory store spans; cheaper than random bytes.
+    return f"{_etag_prefix}{next(_etag_serial):x}"
 
 
 # --- state -------------------------------------------------------------------------------------
@@ -186,7 +191,7 @@ class MemoryPubSub(PubSubComponent):
     def publish(self, topic: str, data: bytes, metadata: Mapping[str, str]) -> None:
         message = (data, dict(metadata))
         with self._bus.changed:
-            entry = self._bus.topics.setdefault(topic, _Topic())
+            entry = self._topic(topic)
             if entry.groups:
                 for group in entry.groups.values():
                     group.ready.append(message)
@@ -194,20 +199,33 @@ class MemoryPubSub(PubSubComponent):
                 entry.backlog.append(message)
             self._bus.changed.notify_all()
 
+    def _topic(self, topic: str) -> _Topic:
+        entry = self._bus.topics.get(topic)
+        if entry is None:
+            entry = self._bus.topics[topic] = _Topic()
+        return entry
+
+    def _ensure(self, topic: str, group: str) -> _Group:
+        """The group, declared if new. Called with the bus condition held."""
+        entry = self._topic(topic)
+        state = entry.groups.get(group)
+        if state is None:
+            state = entry.groups[group] = _Group(
+                ready=entry.backlog if not entry.groups else deque()
+            )
+            entry.backlog = deque()
+        return state
+
     def ensure_group(self, topic: str, group: str) -> None:
         with self._bus.changed:
-            entry = self._bus.topics.setdefault(topic, _Topic())
-            if group not in entry.groups:
-                entry.groups[group] = _Group(ready=entry.backlog if not entry.groups else deque())
-                entry.backlog = deque()
+            self._ensure(topic, group)
 
     def pull(
         self, topic: str, group: str, max_messages: int, timeout: float, lease: float
     ) -> list[Delivery]:
-        self.ensure_group(topic, group)
         deadline = time.monotonic() + timeout
         with self._bus.changed:
-            state = self._bus.topics[topic].groups[group]
+            state = self._ensure(topic, group)
             while True:
                 out = self._take(state, max_messages, lease)
                 remaining = deadline - time.monotonic()
