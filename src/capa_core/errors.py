@@ -51,7 +51,7 @@ class SettingsError(CapaError, ValueError):
 
     def __init__(self, source: str, key: str, problem: str, fix: str) -> None:
         self.source, self.key = source, key
-        super().__init__(f"{source}: {key}: {problem}. Fix: {fix}")
+        super().__init__(f"{source}: {key}: {problem.rstrip('.')}. Fix: {fix}")
 
 
 class ComponentUnavailable(CapaError, ConnectionError):

@@ -71,7 +71,10 @@ URL_SCHEMES: dict[str, str] = {
 
 def type_for_url(block: str, url: str) -> str:
     """The component type a URL names for ``block``: ``redis://...`` -> ``state.redis``."""
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:  # e.g. "redis://[::1" (an unclosed IPv6 host): name what it says
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
     kind = URL_SCHEMES.get(scheme)
     if kind is None:
         schemes = [f"{s}://" for s in URL_SCHEMES]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .codec import Codec, codec_by_name
 from .configuration import Configuration
 from .dispatch import Dispatcher, RetryPolicy
-from .errors import ComponentNotFound, SettingsError
+from .errors import ComponentNotFound, SecretNotFound, SettingsError
 from .lock import Lock
 from .pubsub import DEFAULT_LEASE, PubSub
 from .registry import resolve
@@ -37,6 +37,35 @@ _CLIENT_KEYS = ("key_prefix", "concurrency", "lease")
 
 _default: Runtime | None = None
 _default_lock = threading.Lock()
+
+
+def _client_options(spec: ComponentSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """Check the settings the runtime applies itself, so a bad one fails at start-up."""
+    if "concurrency" in options:
+        try:
+            Concurrency(options["concurrency"])
+        except ValueError:
+            raise SettingsError(
+                spec.source, "concurrency", f"{options['concurrency']!r} is not first-write or "
+                "last-write", 'write concurrency = "first-write" or "last-write"',
+            ) from None
+    if "lease" in options:
+        raw = options["lease"]
+        try:
+            options["lease"] = lease = float(raw)
+            if isinstance(raw, bool) or not 0 < lease < float("inf"):
+                raise ValueError(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(
+                spec.source, "lease", f"{raw!r} is not a positive number of seconds",
+                "write lease = 20 (seconds before an unacknowledged message is redelivered)",
+            ) from None
+    if "key_prefix" in options and not isinstance(options["key_prefix"], str):
+        raise SettingsError(
+            spec.source, "key_prefix", f"{options['key_prefix']!r} is not a string",
+            'write key_prefix = "appid", "none" or a shared prefix',
+        )
+    return options
 
 
 class Runtime:
@@ -98,9 +127,9 @@ class Runtime:
 
     def _build(self, spec: ComponentSpec) -> Component:
         metadata = {k: self._resolve_secret(spec, k, v) for k, v in spec.metadata.items()}
-        self._client_options[(spec.block, spec.name)] = {
-            k: metadata.pop(k) for k in _CLIENT_KEYS if k in metadata
-        }
+        self._client_options[(spec.block, spec.name)] = _client_options(
+            spec, {k: metadata.pop(k) for k in _CLIENT_KEYS if k in metadata}
+        )
         cls = resolve(spec.type)
         return cls(spec.name, metadata, source=spec.source)
 
@@ -113,7 +142,13 @@ class Runtime:
                 spec.source, key, f"references secret store {value.store!r}, which is not "
                 "configured", f"add [secrets.{value.store}] or reference an existing store",
             )
-        secret = store.get(value.name)
+        try:
+            secret = store.get(value.name)
+        except SecretNotFound:
+            raise SettingsError(
+                spec.source, key, f"secret store {value.store!r} has no secret {value.name!r}",
+                f"add the secret {value.name!r} to the store or reference an existing one",
+            ) from None
         if value.key not in secret:
             raise SettingsError(
                 spec.source, key, f"secret {value.name!r} has no key {value.key!r}",
@@ -147,15 +182,7 @@ class Runtime:
         def make() -> StateStore:
             component = self.component("state", name, StateComponent)
             prefix = key_prefix_for(self.app_id, self._option("state", name, "key_prefix", None))
-            try:
-                concurrency = Concurrency(
-                    self._option("state", name, "concurrency", "last-write")
-                )
-            except ValueError:
-                raise SettingsError(
-                    component.source, "concurrency", "is not first-write or last-write",
-                    'write concurrency = "first-write" or "last-write"',
-                ) from None
+            concurrency = Concurrency(self._option("state", name, "concurrency", "last-write"))
             return StateStore(
                 component, self.dispatcher, self.codec, key_prefix=prefix,
                 concurrency=concurrency,

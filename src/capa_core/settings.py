@@ -311,26 +311,48 @@ def _dapr_components(directory: Path) -> list[ComponentSpec]:
 
 
 def _dapr_component(doc: Mapping[str, Any], source: str) -> ComponentSpec:
-    name = (doc.get("metadata") or {}).get("name")
-    spec = doc.get("spec") or {}
+    def table(value: Any, key: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise SettingsError(
+                source, key, f"{value!r} is not a mapping", "see a Dapr component file's layout"
+            )
+        return value
+
+    name = table(doc.get("metadata"), "metadata").get("name")
+    spec = table(doc.get("spec"), "spec")
     type_name = spec.get("type")
     if not name or not type_name:
         raise SettingsError(
             source, "metadata.name" if not name else "spec.type", "is missing",
             "a Dapr component needs metadata.name and spec.type (e.g. state.redis)",
         )
-    secret_store = (doc.get("auth") or {}).get("secretStore", DEFAULT_NAME)
+    if not isinstance(name, str) or not isinstance(type_name, str):
+        raise SettingsError(
+            source, "metadata.name" if not isinstance(name, str) else "spec.type",
+            "must be a string", "write e.g. name: statestore and type: state.redis",
+        )
+    secret_store = table(doc.get("auth"), "auth").get("secretStore", DEFAULT_NAME)
+    entries = spec.get("metadata") or []
+    if not isinstance(entries, list):
+        raise SettingsError(
+            source, f"{name}.spec.metadata", "must be a list",
+            "write entries as - {name: ..., value: ...}",
+        )
     metadata: dict[str, Any] = {}
-    for entry in spec.get("metadata") or []:
-        if not isinstance(entry, dict) or "name" not in entry:
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise SettingsError(
                 source, f"{name}.spec.metadata", f"entry {entry!r} has no name",
                 "write entries as {name: ..., value: ...}",
             )
         ref = entry.get("secretKeyRef")
         if ref is not None:
+            ref = table(ref, f"{name}.spec.metadata.{entry['name']}.secretKeyRef")
             metadata[entry["name"]] = SecretRef(
-                secret_store, str(ref.get("name", "")), str(ref.get("key", ref.get("name", "")))
+                str(secret_store), str(ref.get("name", "")),
+                str(ref.get("key", ref.get("name", ""))),
             )
         else:
             metadata[entry["name"]] = entry.get("value")
