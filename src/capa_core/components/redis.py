@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -359,6 +360,12 @@ return 0
 """)
 
 
+def _new_etag() -> str:
+    # 64 random bits; the random module reseeds in a forked child, and is much cheaper than
+    # os.urandom. An ETag only has to differ from the ones a key had before.
+    return f"{random.getrandbits(64):016x}"
+
+
 def _stored(value: bytes, etag: str, ttl: float | None) -> tuple[bytes, int]:
     """The string kept in Redis for a value, and the TTL in ms (0: none)."""
     if ttl is None:
@@ -398,7 +405,7 @@ class RedisState(_RedisComponent, StateComponent):
 
     def set(self, request: SetRequest) -> str:
         key, value, etag, first_write, ttl = request
-        new_etag = os.urandom(8).hex()
+        new_etag = _new_etag()
         stored, px = _stored(value, new_etag, ttl)
         if etag is None and not first_write:  # the fast path: one plain SET
             if px:
@@ -426,7 +433,7 @@ class RedisState(_RedisComponent, StateComponent):
             return {}
         commands: list[tuple[Any, ...]] = []
         for key, value, etag, first_write, ttl in requests:
-            stored, px = _stored(value, os.urandom(8).hex(), ttl)
+            stored, px = _stored(value, _new_etag(), ttl)
             if etag is None and not first_write:
                 commands.append(("SET", self.key_prefix + key, stored, *(("PX", px) if px else ())))
             else:
@@ -464,7 +471,7 @@ class RedisState(_RedisComponent, StateComponent):
         for op in operations:
             keys.append(self.key_prefix + op.key)
             if isinstance(op, SetRequest):
-                stored, px = _stored(op.value, os.urandom(8).hex(), op.ttl)
+                stored, px = _stored(op.value, _new_etag(), op.ttl)
                 args += ["s", op.etag or "", "1" if op.first_write else "0", stored, px or ""]
             else:
                 args += ["d", op.etag or "", "0", "", ""]
@@ -530,26 +537,31 @@ return 0
 # KEYS[1] stream, KEYS[2] due set, KEYS[3] wake stream.
 # ARGV[1] group, ARGV[2] consumer, ARGV[3] count, ARGV[4] lease ms.
 # Returns {1, {{id, fields, attempt}...}}, or {0, stream top id, wake top id, ms to next due}.
+# Acks leave their due entries behind (an ack is then one XACK); this script drops them when
+# they come due and are no longer pending.
 _PULL = _Script(_NOW + """
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local until_ = string.format('%.0f', now + tonumber(ARGV[4]))
 local out = {}
-local due = redis.call('ZRANGE', KEYS[2], '-inf', nowstr, 'BYSCORE', 'LIMIT', 0, count)
-if #due > 0 then
-  local claimed = redis.call('XCLAIM', KEYS[1], group, consumer, 0, unpack(due))
-  local seen = {}
-  for _, entry in ipairs(claimed) do
-    local id = entry[1]
-    seen[id] = true
-    local info = redis.call('XPENDING', KEYS[1], group, id, id, 1)
-    local attempt = 1
-    if info[1] then attempt = info[1][4] end
-    redis.call('ZADD', KEYS[2], until_, id)
-    out[#out + 1] = {id, entry[2], attempt}
+local due = redis.call('ZRANGE', KEYS[2], '-inf', nowstr, 'BYSCORE', 'LIMIT', 0, count + 32)
+local claim, attempts = {KEYS[1], group, consumer, 0}, {}
+for _, id in ipairs(due) do
+  local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
+  if not p[1] then
+    redis.call('ZREM', KEYS[2], id)
+  elseif #claim - 4 < count then
+    claim[#claim + 1] = id
+    attempts[id] = p[1][4] + 1
   end
-  for _, id in ipairs(due) do
-    if not seen[id] then redis.call('ZREM', KEYS[2], id) end
+end
+if #claim > 4 then
+  for _, entry in ipairs(redis.call('XCLAIM', unpack(claim))) do
+    redis.call('ZADD', KEYS[2], until_, entry[1])
+    out[#out + 1] = {entry[1], entry[2], attempts[entry[1]]}
+    attempts[entry[1]] = nil
   end
+  -- Left over: entries trimmed from the stream (XCLAIM dropped them from the pending list).
+  for id in pairs(attempts) do redis.call('ZREM', KEYS[2], id) end
 end
 if #out < count then
   local fresh = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - #out,
@@ -568,14 +580,6 @@ local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local wait = -1
 if nxt[2] then wait = tonumber(nxt[2]) - now end
 return {0, top[1] and top[1][1] or '0-0', wake[1] and wake[1][1] or '0-0', wait}
-""")
-
-# KEYS[1] stream, KEYS[2] due set; ARGV[1] group, ARGV[2..] ids.
-_ACK = _Script("""
-local ids = {unpack(ARGV, 2)}
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-redis.call('ZREM', KEYS[2], unpack(ids))
-return 1
 """)
 
 # KEYS[1] stream, KEYS[2] due set, KEYS[3] wake stream; ARGV[1] group, ARGV[2] delay ms,
@@ -810,7 +814,7 @@ class RedisPubSub(_RedisComponent, PubSubComponent):
         if not ids:
             return
         stream = self._stream(topic)
-        self._eval(_ACK, [stream, self._due(topic, group)], [group, *ids])
+        self._execute("XACK", stream, group, *ids)
         now = time.monotonic()
         if now - self._last_trim.get(topic, 0.0) >= _TRIM_INTERVAL:
             self._last_trim[topic] = now
