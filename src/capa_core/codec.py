@@ -96,7 +96,10 @@ class PickleCodec:
             raise SerializationError(f"cannot pickle {type(value).__name__}: {exc}") from exc
 
     def decode(self, data: bytes) -> Any:
-        return pickle.loads(data)
+        try:
+            return pickle.loads(data)
+        except Exception as exc:  # truncated or foreign bytes: say so in the API's own error
+            raise SerializationError(f"cannot unpickle {len(data)} bytes: {exc}") from exc
 
 
 CODECS: dict[str, type[Codec]] = {"json": JsonCodec, "pickle": PickleCodec}
