@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -177,11 +178,12 @@ def test_readers_never_see_a_missing_key_while_values_change(memory_runtime: Run
 
 def test_a_value_that_does_not_parse_names_the_key(memory_runtime: Runtime) -> None:
     store = memory_runtime.configuration()
-    store.save([ConfigurationItem("LIMITS", "{not json", tags={"content-type": "application/json"})])
+    tags = {"content-type": "application/json"}
+    store.save([ConfigurationItem("LIMITS", "{not json", tags=tags)])
     app = Flask(__name__)
-    with pytest.raises(ConfigValueError, match="'LIMITS'.*tagged as JSON.*Fix"):
+    with pytest.raises(ConfigValueError, match=r"'LIMITS'.*tagged as JSON.*Fix"):
         app.config.from_capa(runtime=memory_runtime)
-    with pytest.raises(ConfigValueError, match="'LIMITS'.*int"):
+    with pytest.raises(ConfigValueError, match=r"'LIMITS'.*int"):
         app.config.from_capa(runtime=memory_runtime, loads=int)
 
 
@@ -202,8 +204,8 @@ def test_a_bad_live_value_is_logged_and_the_last_one_kept(
 
 def test_unknown_component_lists_the_configured_ones(memory_runtime: Runtime) -> None:
     app = Flask(__name__)
-    with pytest.raises(ConfigurationUnavailable, match="no configuration component named 'ap'.*"
-                       "configured: 'default'"):
+    with pytest.raises(ConfigurationUnavailable, match=r"no configuration component named 'ap'.*"
+                       r"configured: 'default'"):
         app.config.from_capa("ap", runtime=memory_runtime)
 
 
@@ -300,10 +302,8 @@ class TcpProxy:
         if server is not None:
             server.close()
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def _accept(self, server: socket.socket) -> None:
@@ -336,10 +336,8 @@ class TcpProxy:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def test_config_class_keeps_every_flask_loader(tmp_path: Path, monkeypatch: Any) -> None:
