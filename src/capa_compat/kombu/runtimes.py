@@ -92,7 +92,8 @@ def _fork_safe_key(kind: str, url: str) -> tuple[int, str, str]:
 
 def settings_runtime() -> Runtime:
     """The Runtime of the working directory's capa settings (capa.toml, CAPA_*), per process."""
-    key = _fork_safe_key("settings", "")
+    # Keyed by directory too: capa.toml and the embedded default's file are the cwd's.
+    key = _fork_safe_key("settings", os.getcwd())
     with _runtimes_lock:
         runtime = _runtimes.get(key)
         if runtime is None:

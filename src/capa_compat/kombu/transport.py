@@ -41,6 +41,7 @@ from queue import Empty
 from typing import Any, NamedTuple
 
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 
 from capa_core import ComponentNotFound, PubSub, UnsupportedFeature
 from capa_core.types import Delivery
@@ -54,6 +55,7 @@ PRIORITY_STEPS = (0, 3, 6, 9)
 _SWEEP_EVERY = 0.25  # seconds between non-blocking looks at a queue's quieter topics
 _BLOCK = 1.0  # longest blocking pull; also how long a cancelled fetcher may linger
 _BATCH = 16
+_GET_WAIT = 0.05  # basic_get's longest wait for a message just published
 
 ACK, REQUEUE, DEAD = "ack", "requeue", "dead"
 
@@ -246,6 +248,10 @@ class Channel(virtual.Channel):
         for band in bands:
             self.ensure(self.queue_topic(queue, band), queue)
 
+    def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
+        # Queue(max_priority=...) arrives as x-max-priority, as on RabbitMQ.
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
+
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return True
 
@@ -336,9 +342,14 @@ class Channel(virtual.Channel):
             self._return_buffered(queue)
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
-        payload = self._get(queue)
+        # A consumer of this queue on the channel may have fetched it already.
+        wait = _GET_WAIT if queue in self._fetchers else 0.0
+        payload = self.transport.take_buffered(self, queue, wait)
         if payload is None:
-            return None
+            try:
+                payload = self._get(queue)
+            except Empty:
+                return None
         message = self.Message(payload, channel=self)
         if no_ack:
             self.settle(message.delivery_tag, ACK)
@@ -347,9 +358,13 @@ class Channel(virtual.Channel):
         return message
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
-        for source in self.sources(queue):
+        sources = self.sources(queue)
+        # A look at every topic, then a short wait on the queue's own: a message published a
+        # moment ago may still be on its way into a server's queue.
+        attempts = [(s, 0.0) for s in sources] + [(self.first_source(sources), _GET_WAIT)]
+        for source, wait in attempts:
             self.ensure(source.topic, queue)
-            deliveries = self.pull(source, queue, 1, 0.0)
+            deliveries = self.pull(source, queue, 1, wait if timeout is None else timeout)
             accepted = self.accept(queue, source, deliveries)
             if accepted:
                 return accepted[0]
@@ -583,6 +598,24 @@ class Transport(virtual.Transport):
             heapq.heapify(keep)
             self._buffered[channel] = keep
             return gone
+
+    def take_buffered(
+        self, channel: Channel, queue: str, wait: float = 0.0
+    ) -> dict[str, Any] | None:
+        """A buffered message of ``queue``, waiting up to ``wait`` s for its fetcher."""
+        deadline = time.monotonic() + wait
+        with self._ready:
+            while True:
+                entries = self._buffered.get(channel, [])
+                for index, entry in enumerate(entries):
+                    if entry[2] == queue:
+                        entries.pop(index)
+                        heapq.heapify(entries)
+                        return entry[4]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._ready.wait(left)
 
     # --- the consuming loop ------------------------------------------------------------------
 

@@ -1,0 +1,226 @@
+"""capa_compat.kombu against real servers: SimpleQueue, Producer/Consumer acks, exchanges."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kombu.exceptions import ContentDisallowed
+from tests.services import require
+
+from capa_compat.kombu import (
+    Connection,
+    Consumer,
+    Exchange,
+    Producer,
+    Queue,
+    SimpleBuffer,
+    SimpleQueue,
+)
+from capa_compat.kombu.runtimes import broker_url
+from capa_core import ComponentNotFound
+
+BACKENDS = ["memory", "sqlite", "redis", "postgres", "rabbitmq"]
+
+
+def url_for(backend: str, tmp: Path) -> str:
+    if backend == "memory":
+        return "memory://"
+    if backend == "sqlite":
+        return f"sqla+sqlite:///{tmp / 'kombu.db'}"
+    if backend == "redis":
+        return require("redis") + "/3"
+    return require(backend)
+
+
+@pytest.fixture(params=BACKENDS)
+def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    with Connection(
+        url_for(request.param, tmp_path), transport_options={"topic_prefix": prefix}
+    ) as connection:
+        yield connection
+
+
+def drain_until(conn: Connection, done: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:  # type: ignore[operator]
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.2)
+
+
+def test_simple_queue_round_trip(conn: Connection) -> None:
+    queue = conn.SimpleQueue("simple")
+    assert isinstance(queue, SimpleQueue)
+    queue.put({"hello": "world", "n": [1, 2]})
+    message = queue.get(timeout=5)
+    assert message.payload == {"hello": "world", "n": [1, 2]}
+    assert message.content_type == "application/json"  # JSON unless asked otherwise
+    message.ack()
+    with pytest.raises(queue.Empty):
+        queue.get(timeout=0.3)
+    queue.put("again")
+    message = queue.get(timeout=5)
+    message.requeue()
+    message = queue.get(timeout=5)
+    assert message.payload == "again"
+    assert message.delivery_info["redelivered"] is True
+    message.ack()
+    queue.close()
+
+
+def test_simple_buffer_and_get_nowait(conn: Connection) -> None:
+    buffer = conn.SimpleBuffer("buffer")
+    assert isinstance(buffer, SimpleBuffer)
+    with pytest.raises(buffer.Empty):
+        buffer.get_nowait()
+    buffer.put(1)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            assert buffer.get_nowait().payload == 1  # no_ack: nothing to settle
+            break
+        except buffer.Empty:
+            assert time.monotonic() < deadline
+    buffer.close()
+
+
+def test_producer_consumer_manual_ack(conn: Connection) -> None:
+    exchange = Exchange("work", type="direct")
+    queue = Queue("work", exchange, routing_key="work")
+    channel = conn.channel()
+    producer = Producer(channel, exchange=exchange, routing_key="work")
+    for n in range(5):
+        producer.publish({"n": n}, declare=[queue])
+    seen: list[int] = []
+    requeued: list[int] = []
+
+    def on_message(body: dict[str, int], message: object) -> None:
+        if body["n"] == 2 and not requeued:
+            requeued.append(body["n"])
+            message.requeue()  # type: ignore[attr-defined]
+            return
+        seen.append(body["n"])
+        message.ack()  # type: ignore[attr-defined]
+
+    with Consumer(channel, [queue], callbacks=[on_message], accept=["json"]):
+        drain_until(conn, lambda: len(seen) == 5)
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert requeued == [2]
+    # Nothing is left: every message was acked.
+    leftover = Consumer(channel, [queue], callbacks=[lambda b, m: seen.append(-1)])
+    with leftover, pytest.raises(TimeoutError):
+        conn.drain_events(timeout=0.5)
+
+
+def test_unacked_messages_return_when_the_channel_closes(conn: Connection) -> None:
+    queue = Queue("unacked", Exchange("unacked"), routing_key="unacked")
+    with conn.channel() as first:
+        Producer(first).publish("keep me", exchange=queue.exchange, routing_key="unacked",
+                                declare=[queue])
+        message = queue(first).get(no_ack=False)
+        deadline = time.monotonic() + 5
+        while message is None and time.monotonic() < deadline:
+            message = queue(first).get(no_ack=False)
+        assert message is not None and message.payload == "keep me"
+    with conn.channel() as second:
+        again = None
+        deadline = time.monotonic() + 5
+        while again is None and time.monotonic() < deadline:
+            again = queue(second).get(no_ack=False)
+        assert again is not None and again.payload == "keep me"
+        again.ack()
+
+
+def test_fanout_reaches_every_bound_queue(conn: Connection) -> None:
+    fanout = Exchange("news", type="fanout")
+    queues = [Queue("news-a", fanout), Queue("news-b", fanout)]
+    channel = conn.channel()
+    for queue in queues:
+        queue(channel).declare()
+    Producer(channel).publish({"headline": 1}, exchange=fanout, declare=[fanout])
+    got: list[tuple[str, object]] = []
+
+    def receiver(name: str):  # type: ignore[no-untyped-def]
+        def on_message(body: object, message: object) -> None:
+            got.append((name, body))
+            message.ack()  # type: ignore[attr-defined]
+        return on_message
+
+    consumers = [Consumer(channel, [q], callbacks=[receiver(q.name)]) for q in queues]
+    for consumer in consumers:
+        consumer.consume()
+    drain_until(conn, lambda: len(got) == 2)
+    for consumer in consumers:
+        consumer.cancel()
+    assert sorted(got) == [("news-a", {"headline": 1}), ("news-b", {"headline": 1})]
+
+
+def test_topic_exchange_routes_by_pattern(conn: Connection) -> None:
+    topic = Exchange("events", type="topic")
+    errors = Queue("errors", topic, routing_key="*.error")
+    everything = Queue("everything", topic, routing_key="#")
+    channel = conn.channel()
+    errors(channel).declare()
+    everything(channel).declare()
+    producer = Producer(channel, exchange=topic)
+    producer.publish("disk full", routing_key="disk.error")
+    producer.publish("all good", routing_key="disk.info")
+    got: dict[str, list[object]] = {"errors": [], "everything": []}
+    consumers = [
+        Consumer(channel, [q], callbacks=[lambda b, m, n=q.name: (got[n].append(b), m.ack())])
+        for q in (errors, everything)
+    ]
+    for consumer in consumers:
+        consumer.consume()
+    drain_until(conn, lambda: len(got["everything"]) == 2)
+    drain_until(conn, lambda: False, timeout=0.5)  # anything misrouted would show up now
+    assert got["errors"] == ["disk full"]
+    assert sorted(got["everything"]) == ["all good", "disk full"]  # type: ignore[type-var]
+
+
+def test_priority_queue_serves_higher_priorities_first(conn: Connection) -> None:
+    queue = Queue("jobs", Exchange("jobs"), routing_key="jobs", max_priority=9)
+    channel = conn.channel()
+    producer = Producer(channel, exchange=queue.exchange, routing_key="jobs")
+    for n in range(3):
+        producer.publish({"n": n, "p": 1}, priority=1, declare=[queue])
+    producer.publish({"n": 9, "p": 9}, priority=9, declare=[queue])
+    time.sleep(0.3)  # let a server backend take them all in before we look
+    got: list[int] = []
+    channel.basic_qos(0, 1, False)
+    with Consumer(channel, [queue], callbacks=[lambda b, m: (got.append(b["p"]), m.ack())]):
+        drain_until(conn, lambda: len(got) == 4)
+    assert got[0] == 9 and sorted(got) == [1, 1, 1, 9]
+
+
+def test_pickle_only_when_accepted(conn: Connection) -> None:
+    queue = conn.SimpleQueue("pickled", serializer="pickle")
+    queue.put({1, 2, 3})
+    with pytest.raises(ContentDisallowed):
+        queue.get(timeout=5)  # pickle is refused unless the consumer accepts it
+    queue.close()
+
+
+def test_legacy_urls_map_onto_capa() -> None:
+    assert broker_url(None) == "capa://default"
+    assert broker_url("capa://bus") == "capa://bus"
+    assert broker_url("redis://h:6379/3") == "capa+redis://h:6379/3"
+    assert broker_url("pyamqp://guest@h//") == "capa+amqp://guest@h//"
+    assert broker_url("sqla+sqlite:///x.db") == "capa+sqlite:///x.db"
+    assert broker_url("sqla+postgresql+psycopg2://u@h/db") == "capa+postgresql://u@h/db"
+    assert broker_url("redis://a;redis://b") == "capa+redis://a;capa+redis://b"
+    with pytest.raises(ValueError, match="sqs"):
+        broker_url("sqs://key:secret@")
+    assert Connection("memory://").as_uri().startswith("capa+memory")
+    assert Connection(transport="memory").as_uri().startswith("capa+memory")
+
+
+def test_unknown_component_lists_the_configured_ones(in_tmp: Path) -> None:
+    with Connection("capa://nope") as connection, pytest.raises(ComponentNotFound) as info:
+        connection.connect()
+    assert "'default'" in str(info.value)
