@@ -104,7 +104,8 @@ def run(tmp: Path, calls: int, rounds: int) -> None:
     gid = raw.execute("SELECT id FROM capa_groups WHERE name = 'billing'").fetchone()[0]
     bus.pull("orders", group="billing", timeout=0)
     lease_sql = (
-        "UPDATE capa_deliveries SET attempt = attempt + 1, visible_at = ? WHERE group_id = ? "
+        "UPDATE capa_deliveries SET attempt = attempt + 1, leased = 1, visible_at = ? "
+        "WHERE group_id = ? "
         "AND message_id IN (SELECT message_id FROM capa_deliveries WHERE group_id = ? AND "
         "visible_at <= ? ORDER BY visible_at, message_id LIMIT ?) RETURNING message_id, attempt"
     )

@@ -555,7 +555,8 @@ class SqlitePubSub(_SqliteComponent, PubSubComponent):
         )
         self._sql_due = f"SELECT 1 FROM {d} WHERE group_id = ? AND visible_at <= ? LIMIT 1"
         self._sql_lease = (
-            f"UPDATE {d} SET attempt = attempt + 1, visible_at = ? WHERE group_id = ? AND "
+            f"UPDATE {d} SET attempt = attempt + 1, leased = 1, visible_at = ? "
+            "WHERE group_id = ? AND "
             f"message_id IN (SELECT message_id FROM {d} WHERE group_id = ? AND visible_at <= ? "
             "ORDER BY visible_at, message_id LIMIT ?) RETURNING message_id, attempt"
         )
@@ -568,9 +569,11 @@ class SqlitePubSub(_SqliteComponent, PubSubComponent):
             "topic TEXT NOT NULL, data BLOB NOT NULL, metadata TEXT, published_at REAL NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {g} (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
             "name TEXT NOT NULL, UNIQUE (topic, name))",
+            # leased: handed out and not nacked since, the only state extend() may renew.
             f"CREATE TABLE IF NOT EXISTS {d} (message_id INTEGER NOT NULL, "
             "group_id INTEGER NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, "
-            "visible_at REAL NOT NULL, PRIMARY KEY (message_id, group_id)) WITHOUT ROWID",
+            "leased INTEGER NOT NULL DEFAULT 0, visible_at REAL NOT NULL, "
+            "PRIMARY KEY (message_id, group_id)) WITHOUT ROWID",
             f"CREATE INDEX IF NOT EXISTS {d}_due ON {d} (group_id, visible_at, message_id)",
             # Fan-out happens inside the INSERT of a message, so a publish is one statement.
             f"CREATE TRIGGER IF NOT EXISTS {m}_fan_out AFTER INSERT ON {m} BEGIN "
@@ -694,7 +697,7 @@ class SqlitePubSub(_SqliteComponent, PubSubComponent):
         return out
 
     def _update(
-        self, topic: str, group: str, ids: Sequence[str], sql: str, *args: Any
+        self, topic: str, group: str, ids: Sequence[str], sql: str, *args: Any, where: str = ""
     ) -> int:
         gid = self._group_id(topic, group, create=False)
         message_ids = self._message_ids(ids)
@@ -704,7 +707,8 @@ class SqlitePubSub(_SqliteComponent, PubSubComponent):
         changed = 0
         for chunk in _chunks(message_ids):
             cur = conn.execute(
-                sql + f" WHERE group_id = ? AND message_id IN ({_placeholders(len(chunk))})",
+                sql + f" WHERE {where}group_id = ? "
+                f"AND message_id IN ({_placeholders(len(chunk))})",
                 (*args, gid, *chunk),
             )
             changed += cur.rowcount
@@ -714,13 +718,15 @@ class SqlitePubSub(_SqliteComponent, PubSubComponent):
         self._update(topic, group, ids, f"DELETE FROM {self._deliveries}")
 
     def nack(self, topic: str, group: str, ids: Sequence[str], delay: float) -> None:
-        sql = f"UPDATE {self._deliveries} SET visible_at = ?"
+        sql = f"UPDATE {self._deliveries} SET leased = 0, visible_at = ?"
         if self._update(topic, group, ids, sql, time.time() + delay):
             self._db.wake_pullers()
 
     def extend(self, topic: str, group: str, ids: Sequence[str], lease: float) -> None:
+        # A renewal that arrives after the consumer nacked (a lease keeper's round racing the
+        # nack) must not hide the message for a whole lease.
         sql = f"UPDATE {self._deliveries} SET visible_at = ?"
-        self._update(topic, group, ids, sql, time.time() + lease)
+        self._update(topic, group, ids, sql, time.time() + lease, where="leased = 1 AND ")
 
     def purge(self, topic: str, group: str) -> int:
         gid = self._group_id(topic, group, create=False)
