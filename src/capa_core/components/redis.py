@@ -773,6 +773,7 @@ class RedisPubSub(_RedisComponent, PubSubComponent):
             reply = self._pull_once(topic, group, keys, args)
             if reply[0] == 1:
                 return [self._delivery(entry) for entry in reply[1]]
+            self._trim(topic)  # idle: a good moment to drop what every group is done with
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -813,26 +814,40 @@ class RedisPubSub(_RedisComponent, PubSubComponent):
     def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
         if not ids:
             return
-        stream = self._stream(topic)
-        self._execute("XACK", stream, group, *ids)
+        self._execute("XACK", self._stream(topic), group, *ids)
+        self._trim(topic)
+
+    def _trim(self, topic: str) -> None:
+        """Drop the entries every group has acknowledged; at most once a second per topic."""
         now = time.monotonic()
         if now - self._last_trim.get(topic, 0.0) >= _TRIM_INTERVAL:
             self._last_trim[topic] = now
-            self._eval(_TRIM, [stream], [])
+            self._eval(_TRIM, [self._stream(topic)], [])
 
     def nack(self, topic: str, group: str, ids: Sequence[str], delay: float) -> None:
         if ids:
-            self._eval(
+            self._on_pending(
                 _NACK, [self._stream(topic), self._due(topic, group), self._wake(topic)],
                 [group, max(0, round(delay * 1000)), *ids],
             )
 
     def extend(self, topic: str, group: str, ids: Sequence[str], lease: float) -> None:
         if ids:
-            self._eval(
+            self._on_pending(
                 _EXTEND_LEASE, [self._stream(topic), self._due(topic, group)],
                 [group, self.consumer, max(1, round(lease * 1000)), *ids],
             )
+
+    def _on_pending(self, script: _Script, keys: list[str], args: list[Any]) -> None:
+        try:
+            self._eval(script, keys, args)
+        except self._exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The group went with the server's memory (a restart without persistence), and
+            # with it the deliveries: there is nothing left to renew or retry.
+            log.warning("group %r of %r is gone from Redis; %s had no effect", args[0], keys[0],
+                        "nack" if script is _NACK else "extend")
 
     def purge(self, topic: str, group: str) -> int:
         return int(self._eval(_PURGE, [self._stream(topic)], [group]))
