@@ -270,6 +270,21 @@ def test_purge_drops_waiting_messages_of_one_group(tmp_path: Path) -> None:
         assert count(db, "capa_messages") == 0
 
 
+def test_a_renewal_arriving_after_a_nack_does_not_hide_the_message(tmp_path: Path) -> None:
+    # The client's lease keeper may renew a delivery its consumer has just nacked.
+    with runtime(f"sqlite:///{tmp_path / 'race.db'}") as rt:
+        component = rt.component("pubsub", "default", SqlitePubSub)
+        component.publish("t", b"x", {})
+        (delivery,) = component.pull("t", "g", 1, 1.0, 30.0)
+        component.nack("t", "g", [delivery.id], 0.0)
+        component.extend("t", "g", [delivery.id], 30.0)
+        (again,) = component.pull("t", "g", 1, 1.0, 30.0)
+        assert (again.id, again.attempt) == (delivery.id, 2)
+        component.extend("t", "g", [again.id], 30.0)  # a live lease is renewed
+        assert component.pull("t", "g", 1, 0.0, 30.0) == []
+        component.ack("t", "g", [again.id])
+
+
 def test_a_local_publish_wakes_a_waiting_pull_at_once(tmp_path: Path) -> None:
     with runtime(f"sqlite:///{tmp_path / 'wake.db'}") as rt:
         bus = rt.pubsub()
