@@ -7,18 +7,20 @@ blocks on a backend; async subscription handlers run on the loop itself.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
-from .configuration import ChangeHandler, Configuration, ConfigurationSubscription
+from .configuration import Configuration, ConfigurationSubscription
 from .lock import Lock, default_owner
 from .pubsub import DEFAULT_GROUP, Message, PubSub
 from .secrets import SecretStore
 from .settings import DEFAULT_NAME
 from .state import StateStore
 from .types import (
+    ConfigurationChange,
     ConfigurationItem,
     Delete,
     HandlerResult,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("capa_core.aio")
 
 AsyncHandler = Callable[[Message], Awaitable["HandlerResult | bool | None"]]
+AsyncChangeHandler = Callable[[list[ConfigurationChange]], Awaitable[None] | None]
 _run = asyncio.to_thread
 
 
@@ -71,6 +74,11 @@ class AsyncStateStore:
         return await _run(self.sync.delete_prefix, prefix)
 
 
+def _requeue(messages: list[Message]) -> None:
+    for message in messages:
+        message.nack(requeue=True, delay=0.0)
+
+
 class AsyncSubscription:
     """An asyncio task pulling messages and awaiting the handler for each."""
 
@@ -81,27 +89,39 @@ class AsyncSubscription:
 
     async def _run(self) -> None:
         while True:
+            pulling = asyncio.ensure_future(
+                _run(self._pubsub.pull, self.topic, timeout=0.5, **self._options)
+            )
             try:
-                messages = await _run(self._pubsub.pull, self.topic, timeout=0.5, **self._options)
+                messages = await asyncio.shield(pulling)
+            except asyncio.CancelledError:
+                # The pull goes on in its thread: give back what it leases to other consumers.
+                with suppress(Exception):
+                    await _run(_requeue, await pulling)
+                raise
             except Exception:
                 log.exception("pull from %s failed; retrying", self.topic)
                 await asyncio.sleep(1.0)
                 continue
-            for message in messages:
-                try:
-                    result = await self._handler(message)
-                except asyncio.CancelledError:
-                    await _run(message.nack, True, 0.0)
-                    raise
-                except Exception:
-                    log.exception("handler of %s failed on message %s", self.topic, message.id)
-                    result = HandlerResult.RETRY
-                if result is None or result is True or result is HandlerResult.SUCCESS:
-                    await _run(message.ack)
-                elif result is HandlerResult.DROP:
-                    await _run(message.nack, False)
-                else:
-                    await _run(message.nack)
+            try:
+                for message in messages:
+                    await self._handle(message)
+            except asyncio.CancelledError:
+                await _run(_requeue, messages)  # settled messages are left as they are
+                raise
+
+    async def _handle(self, message: Message) -> None:
+        try:
+            result = await self._handler(message)
+        except Exception:
+            log.exception("handler of %s failed on message %s", self.topic, message.id)
+            result = HandlerResult.RETRY
+        if result is None or result is True or result is HandlerResult.SUCCESS:
+            await _run(message.ack)
+        elif result is HandlerResult.DROP:
+            await _run(message.nack, False)
+        else:
+            await _run(message.nack)
 
     async def close(self) -> None:
         self._task.cancel()
@@ -162,13 +182,21 @@ class AsyncConfiguration:
         await _run(self.sync.delete, keys, **coords)
 
     async def subscribe(
-        self, keys: Sequence[str], handler: ChangeHandler, **coords: str | None
+        self, keys: Sequence[str], handler: AsyncChangeHandler, **coords: str | None
     ) -> ConfigurationSubscription:
-        """Changes are pushed to ``handler`` on the event loop of the caller."""
+        """Changes are pushed to ``handler`` (a function or a coroutine function) on the loop."""
         loop = asyncio.get_running_loop()
+        running: set[asyncio.Future[Any]] = set()  # keeps handler tasks alive until done
 
-        def on_loop(changes: Any) -> None:
-            loop.call_soon_threadsafe(handler, changes)
+        def deliver(changes: list[ConfigurationChange]) -> None:
+            result = handler(changes)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+        def on_loop(changes: list[ConfigurationChange]) -> None:
+            loop.call_soon_threadsafe(deliver, changes)
 
         return await _run(self.sync.subscribe, keys, on_loop, **coords)
 
