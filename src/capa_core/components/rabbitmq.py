@@ -377,6 +377,25 @@ def _unavailable(exc: BaseException) -> BaseException:
     return RabbitMQUnavailable(f"{type(exc).__name__}: {exc}")
 
 
+def _cause(exc: BaseException) -> str:
+    """The innermost reason of a failed connection (pika nests them in workflow errors)."""
+    seen: set[int] = set()
+    pending: list[Any] = [exc]
+    found: BaseException = exc
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return f"{type(current).__name__}: {current}"
+        found = current
+        pending.extend(current.args)
+        pending.extend(getattr(current, "exceptions", None) or ())
+        pending.append(getattr(current, "exception", None))
+    return f"{type(found).__name__}: {found}" if str(found) else type(found).__name__
+
+
 class _Link:
     """The one pika connection of a component, driven by its own thread and event loop."""
 
@@ -457,8 +476,13 @@ class _Link:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.last_error = _unavailable(exc)
-                log.warning("cannot connect to RabbitMQ at %s: %s", self.owner.address, exc)
+                error = _unavailable(exc)
+                if isinstance(error, RabbitMQUnavailable):
+                    error = RabbitMQUnavailable(
+                        f"cannot connect to RabbitMQ at {self.owner.address}: {_cause(exc)}"
+                    )
+                self.last_error = error
+                log.warning("%s", error)
                 await self._announce()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, max(self.owner.reconnect_wait, 0.1))
