@@ -468,6 +468,35 @@ def test_large_configuration_items_reach_watchers_in_full(url: str, prefix: str)
         other.close()
 
 
+def test_a_forked_child_opens_its_own_connections(url: str, prefix: str, unique: str) -> None:
+    rt = runtime_for(url, prefix)
+    topic = f"fork-{unique}"
+    try:
+        store, bus = rt.state(), rt.pubsub()
+        store.save("k", "parent")
+        bus.pull(topic, group="g", timeout=0.05)  # the pool and the LISTEN thread are running
+        pid = os.fork()
+        if pid == 0:  # the child: use everything, then leave without running any cleanup
+            code = 1
+            try:
+                signal.alarm(20)
+                assert store.get_value("k") == "parent"
+                store.save("child", "was here")
+                bus.publish(topic, "from the child")
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's connections were left alone by the child.
+        assert store.get_value("child") == "was here"
+        [message] = bus.pull(topic, group="g", timeout=2)
+        assert message.data == "from the child"
+        message.ack()
+    finally:
+        rt.close()
+
+
 # --- separate processes ----------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -62,6 +63,22 @@ _IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
 # Tables this process has already created, so new components on the same tables skip the DDL.
 _created: set[tuple[str, str]] = set()
 _created_lock = threading.Lock()
+
+# After fork() a child must not touch its parent's connections (not even close them: closing
+# says goodbye to the server on the parent's socket). Objects holding connections, locks or
+# threads forget them in the child and start afresh; what they held is parked here for good.
+_forkable: weakref.WeakSet[Any] = weakref.WeakSet()
+_orphans: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    global _created_lock
+    _created_lock = threading.Lock()
+    for holder in list(_forkable):
+        holder.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _driver(component: Component) -> Any:
@@ -146,6 +163,12 @@ class _Database:
         self._idle: list[Any] = []
         self._idle_lock = threading.Lock()
         self._waiting = 0
+        _forkable.add(self)
+
+    def after_fork(self) -> None:
+        _orphans.append((self._pool, self._idle))
+        self._pool, self._idle, self._ready, self._waiting = None, [], False, 0
+        self._lock, self._idle_lock = threading.Lock(), threading.Lock()
 
     def qualified(self, name: str) -> str:
         sql = self.psycopg.sql
@@ -716,6 +739,11 @@ class PostgresPubSub(PubSubComponent):
         self._wakeups = _Wakeups()
         self._listener: _Listener | None = None
         self._listener_lock = threading.Lock()
+        _forkable.add(self)
+
+    def after_fork(self) -> None:
+        _orphans.append(self._listener)
+        self._listener, self._listener_lock, self._wakeups = None, threading.Lock(), _Wakeups()
 
     def publish(self, topic: str, data: bytes, metadata: Mapping[str, str]) -> None:
         self._db.fetchone(self._publish, {
@@ -922,6 +950,13 @@ class PostgresConfiguration(ConfigurationComponent):
         self._watchers: list[tuple[str, ChangeCallback]] = []
         self._watchers_lock = threading.Lock()
         self._listener: _Listener | None = None
+        _forkable.add(self)
+
+    def after_fork(self) -> None:
+        # No LISTEN thread came along: the next subscription in this process starts one.
+        _orphans.append(self._listener)
+        self._listener, self._watchers, self._watchers_lock = None, [], threading.Lock()
+        self._listeners_lock, self._stop_watch = threading.Lock(), None
 
     @staticmethod
     def _item(row: Sequence[Any]) -> ConfigurationItem:
