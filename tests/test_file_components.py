@@ -331,6 +331,22 @@ def test_writes_reach_subscribers_of_another_runtime_on_the_file(tmp_path: Path)
         assert reader.configuration("app").get_map() == {"other": "o"}
 
 
+def test_components_of_one_process_on_one_file_see_every_change_in_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text("items: []\n")
+    seen = Changes()
+    with runtime_on(path) as writer, runtime_on(path) as reader:
+        reader.configuration("app").subscribe([], seen)
+        cfg = writer.configuration("app")
+        cfg.save({"k": "1"})
+        cfg.save({"k": "2"})  # quicker than any poll: still pushed on its own
+        cfg.delete(["k"])
+        assert [seen.next()[1] for _ in range(3)] == [{"k": "1"}, {"k": "2"}, {"k": None}]
+        assert seen.quiet()
+
+
 WRITER = """
 import sys
 from capa_core import Runtime

@@ -31,8 +31,10 @@ Every app id reading the component sees the same items: the file is one applicat
 Writes rewrite the whole file atomically (comments and layout are not kept; TOML needs the
 ``tomli-w`` package) under a lock shared by the processes of the machine. A nested-form file
 takes items of group "", label "" and no tags only (an empty one switches to the explicit form).
-Changes by any process reach subscribers within about 100 ms: one thread per process polls the
-watched files' size and mtime (and their bytes while the mtime is too recent to trust). A file
+Changes made through any component of this process on the file are pushed at once, one by one.
+Changes by other processes (or editors) reach subscribers within about 100 ms: one thread per
+process polls the watched files' size and mtime (and their bytes while the mtime is too recent to
+trust), so changes quicker than a poll arrive merged into one. A file
 that stops parsing keeps its last good items and the problem is logged; one broken at start-up
 fails with a SettingsError naming the file and line.
 
@@ -56,6 +58,7 @@ import tempfile
 import threading
 import time
 import tomllib
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -471,40 +474,102 @@ def _diff(
     return changes
 
 
+class _ConfigurationFile:
+    """One configuration file as every component of this process naming it sees it.
+
+    Sharing it means a write through one component reaches the subscribers of all of them at
+    once and in order, where polling alone would merge quick successive changes into one.
+    """
+
+    def __init__(self, tracked: _TrackedFile[dict[ItemKey, ConfigurationItem]]) -> None:
+        self.tracked = tracked
+        self.path = tracked.path
+        self.lock = threading.RLock()  # reentrant: a change handler may read the store again
+        self._callbacks: list[ChangeCallback] = []
+        self._stop_polling: Callable[[], None] | None = None
+
+    def refresh(self, *, settle: bool) -> None:
+        with self.lock:
+            old = self.tracked.value
+            new = self.tracked.refresh(settle=settle)
+            if new is not None:
+                self._push(_diff(old, new))
+
+    def _push(self, changes: list[ConfigurationChange]) -> None:
+        # Called with the lock held, so every subscriber sees changes in file order.
+        if changes:
+            for callback in list(self._callbacks):
+                callback(changes)
+
+    def rewrite(self, edit: Callable[[Any], Any]) -> None:
+        """Read the file fresh, apply ``edit`` to its document, write it back, push the changes."""
+        source, fmt = str(self.path), self.tracked.format
+        with self.lock, _write_lock(self.path):
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                data = b""
+            document = _parse(data, fmt, source)
+            _configuration_items(document, source)  # refuse to edit a malformed file
+            new_document = edit(document)
+            new_data = _dump(new_document, fmt)
+            new_items = _configuration_items(new_document, source)
+            if new_data != data:
+                _replace(self.path, new_data)
+            old = self.tracked.value
+            self.tracked.accept(new_data, new_items)
+            self._push(_diff(old, new_items))
+
+    def watch(self, callback: ChangeCallback) -> Callable[[], None]:
+        with self.lock:
+            self._callbacks.append(callback)
+            if self._stop_polling is None:
+                self._stop_polling = _poller.add(lambda: self.refresh(settle=True))
+
+        def stop() -> None:
+            with self.lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+                if not self._callbacks and self._stop_polling is not None:
+                    self._stop_polling()
+                    self._stop_polling = None
+
+        return stop
+
+
+_open_files: weakref.WeakValueDictionary[tuple[Path, str], _ConfigurationFile] = (
+    weakref.WeakValueDictionary()
+)
+_open_files_lock = threading.Lock()
+
+
+def _configuration_file(path: Path, fmt: str) -> _ConfigurationFile:
+    # Parsed here whether or not the file is already open: a broken file fails at start-up.
+    tracked = _TrackedFile(path, fmt, _configuration_items)
+    with _open_files_lock:
+        shared = _open_files.get((path, fmt))
+        if shared is None:
+            shared = _open_files[(path, fmt)] = _ConfigurationFile(tracked)
+        return shared
+
+
 class FileConfiguration(ConfigurationComponent):
     kind = "file"
     features = frozenset({Feature.WRITE, Feature.WATCH})
 
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
         super().__init__(name, metadata, source=source)
-        path, fmt = _file_settings(self, "path")
-        self._file = _TrackedFile(path, fmt, _configuration_items)
-        self._lock = threading.RLock()  # reentrant: a change handler may read the store again
-        self._callbacks: list[ChangeCallback] = []
-        self._stop_polling: Callable[[], None] | None = None
+        self._file = _configuration_file(*_file_settings(self, "path"))
 
     @property
     def path(self) -> Path:
         return self._file.path
 
-    def _refresh(self, *, settle: bool) -> None:
-        with self._lock:
-            old = self._file.value
-            new = self._file.refresh(settle=settle)
-            if new is not None:
-                self._push(_diff(old, new))
-
-    def _push(self, changes: list[ConfigurationChange]) -> None:
-        # Called with self._lock held, so every subscriber sees changes in file order.
-        if changes:
-            for callback in list(self._callbacks):
-                callback(changes)
-
     def load(
         self, app_id: str, group: str, label: str, keys: Sequence[str]
     ) -> list[ConfigurationItem]:
-        self._refresh(settle=False)
-        items = self._file.value
+        self._file.refresh(settle=False)
+        items = self._file.tracked.value
         if keys:
             found = (items.get((group, label, key)) for key in keys)
             return [item for item in found if item is not None]
@@ -529,7 +594,7 @@ class FileConfiguration(ConfigurationComponent):
                 self._store_entry(entries, item)
             return document
 
-        self._rewrite(edit)
+        self._file.rewrite(edit)
 
     def _store_nested(self, document: Any, items: Sequence[ConfigurationItem]) -> Any:
         leaves = _leaves(document)
@@ -601,50 +666,10 @@ class FileConfiguration(ConfigurationComponent):
                         del _at(document, path[:-1])[path[-1]]
             return document
 
-        self._rewrite(edit)
-
-    def _rewrite(self, edit: Callable[[Any], Any]) -> None:
-        """Read the file fresh, apply ``edit`` to its document, write it back, push the changes."""
-        source = str(self.path)
-        with self._lock, _write_lock(self.path):
-            try:
-                data = self.path.read_bytes()
-            except FileNotFoundError:
-                data = b""
-            document = _parse(data, self._file.format, source)
-            _configuration_items(document, source)  # refuse to edit a malformed file
-            new_document = edit(document)
-            new_data = _dump(new_document, self._file.format)
-            new_items = _configuration_items(new_document, source)
-            if new_data != data:
-                _replace(self.path, new_data)
-            old = self._file.value
-            self._file.accept(new_data, new_items)
-            self._push(_diff(old, new_items))
+        self._file.rewrite(edit)
 
     def watch(self, app_id: str, callback: ChangeCallback) -> Callable[[], None]:
-        with self._lock:
-            self._callbacks.append(callback)
-            if self._stop_polling is None:
-                self._stop_polling = _poller.add(lambda: self._refresh(settle=True))
-
-        def stop() -> None:
-            with self._lock:
-                if callback in self._callbacks:
-                    self._callbacks.remove(callback)
-                if not self._callbacks and self._stop_polling is not None:
-                    self._stop_polling()
-                    self._stop_polling = None
-
-        return stop
-
-    def close(self) -> None:
-        super().close()
-        with self._lock:
-            self._callbacks.clear()
-            if self._stop_polling is not None:
-                self._stop_polling()
-                self._stop_polling = None
+        return self._file.watch(callback)
 
 
 # --- secrets ----------------------------------------------------------------------------------
