@@ -92,3 +92,16 @@ def test_parser_has_subcommands_for_later_commands() -> None:
     assert "tour" in help_text and "With no command, runs the tour" in help_text
     with pytest.raises(SystemExit):
         parser.parse_args(["no-such-command"])
+
+
+def test_readme_and_ci_run_the_same_test_command() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    ci = (root / ".ci" / "run").read_text()
+    blocks = [b.strip() for b in readme.split("```sh\n")[1:]]
+    commands = [b.split("\n```")[0].strip() for b in blocks]
+    pytest_commands = [c for c in commands if "-m pytest" in c]
+    assert len(pytest_commands) == 1, commands
+    assert "\n" + pytest_commands[0] + "\n" in ci
+    assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/capa tour" in commands
+    assert "bash .ci/run" in commands
