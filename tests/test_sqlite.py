@@ -7,6 +7,7 @@ tests/test_sqlite_multiprocess.py.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 import threading
 import time
@@ -342,19 +343,23 @@ def test_state_from_many_threads_with_etag_retries_loses_nothing(tmp_path: Path)
         assert store.get_value("counter") == 200
 
 
-def test_expired_rows_are_invisible_and_purged(tmp_path: Path) -> None:
+def test_expired_rows_are_invisible_and_swept_by_writers(tmp_path: Path) -> None:
     db = tmp_path / "ttl.db"
     with runtime(f"sqlite:///{db}") as rt:
         store = rt.state()
         store.save("gone", 1, ttl=0.1)
         store.save("kept", 1)
         time.sleep(0.15)
-        assert count(db, "capa_state") == 2
+        assert store.get("gone") is None
         assert store.keys() == ["kept"]
         assert store.bulk_get(["gone", "kept"])[0] is None
-        assert store.get("gone") is None
-        assert count(db, "capa_state") == 1
+        assert count(db, "capa_state") == 2  # reads never write
         store.save("gone", 2, concurrency="first-write")  # an expired key counts as absent
+        store.save("brief", 1, ttl=0.1)
+    time.sleep(0.15)
+    with runtime(f"sqlite:///{db}") as rt:
+        rt.state().save("other", 1)  # the first write of a component sweeps
+    assert count(db, "capa_state") == 3
 
 
 # --- configuration watching -----------------------------------------------------------------------
@@ -386,21 +391,36 @@ def test_close_stops_the_watcher_thread(tmp_path: Path) -> None:
     assert not watcher.is_alive()
 
 
-def _child_uses_inherited_runtime(rt: Runtime, queue: Any) -> None:
+def _child_uses_inherited_runtime(rt: Runtime, results: Any, changes: Any) -> None:
     rt.state().save("from-child", 2)
     rt.pubsub().publish("t", "from child")
-    queue.put(rt.state().get_value("from-parent"))
+    results.put(rt.state().get_value("from-parent"))
+    # The parent's configuration subscription still reports in the child.
+    (pid, content) = changes.get(timeout=10)
+    results.put(pid == os.getpid() and content)
 
 
 def test_a_forked_child_opens_its_own_connections(tmp_path: Path) -> None:
+    # Servers like gunicorn (preload) and Celery (prefork) fork after the app has set up capa.
     with runtime(f"sqlite:///{tmp_path / 'fork.db'}") as rt:
         rt.state().save("from-parent", 1)
         context = multiprocessing.get_context("fork")
-        results = context.Queue()
-        child = context.Process(target=_child_uses_inherited_runtime, args=(rt, results))
+        results, changes = context.Queue(), context.Queue()
+
+        def forward(batch: list[Any]) -> None:
+            if os.getpid() != parent:  # the parent itself sees the change too
+                changes.put((os.getpid(), batch[0].item.content))
+
+        parent = os.getpid()
+        rt.configuration().subscribe(["flag"], forward)
+        child = context.Process(
+            target=_child_uses_inherited_runtime, args=(rt, results, changes)
+        )
         child.start()
-        child.join(20)
+        assert results.get(timeout=10) == 1
+        rt.configuration().save({"flag": "on"})
+        assert results.get(timeout=10) == "on"
+        child.join(10)
         assert child.exitcode == 0
-        assert results.get(timeout=1) == 1
         assert rt.state().get_value("from-child") == 2
         assert rt.pubsub().pull("t", group="g", timeout=1)[0].data == "from child"

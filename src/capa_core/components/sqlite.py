@@ -24,6 +24,7 @@ import re
 import sqlite3  # the standard library's: this module is imported only when sqlite is configured
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -189,11 +190,17 @@ def _release(db: _Database) -> None:
     db.close()
 
 
+# Configuration components with a watcher thread, to restart in a forked child.
+_watching: weakref.WeakSet[SqliteConfiguration] = weakref.WeakSet()
+
+
 def _after_fork_in_child() -> None:
     global _databases_lock
     _databases_lock = threading.Lock()
     for db in _databases.values():
         db.reset_after_fork()
+    for component in list(_watching):
+        component.restart_after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -206,11 +213,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
+        if conn.in_transaction:  # never leave this thread's connection inside a transaction
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def _placeholders(count: int) -> str:
@@ -370,7 +377,7 @@ class _SqliteComponent(Component):
 class SqliteState(_SqliteComponent, StateComponent):
     features = frozenset({Feature.ETAG, Feature.TTL, Feature.TRANSACTIONAL, Feature.KEYS})
 
-    _SWEEP_EVERY = 1024  # writes between two purges of expired rows
+    _SWEEP_EVERY = 1024  # writes of this component between two deletions of expired rows
 
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
         super().__init__(name, metadata, source=source)
@@ -394,8 +401,7 @@ class SqliteState(_SqliteComponent, StateComponent):
         self._sql_delete_if = (
             f"DELETE FROM {t} WHERE key = ? AND etag = ? AND (expires_at IS NULL OR expires_at > ?)"
         )
-        self._sql_purge_key = f"DELETE FROM {t} WHERE key = ? AND expires_at <= ?"
-        self._writes = 0
+        self._writes = -1  # so the first write of this component sweeps too
 
     def _ddl(self) -> tuple[str, ...]:
         t = self._t
@@ -412,11 +418,8 @@ class SqliteState(_SqliteComponent, StateComponent):
         if row is None:
             return None
         expires_at = row[2]
-        if expires_at is not None:
-            now = time.time()
-            if expires_at <= now:
-                conn.execute(self._sql_purge_key, (key, now))
-                return None
+        if expires_at is not None and expires_at <= time.time():
+            return None  # deleted later by a writer's sweep (_count_writes): reads never write
         return StoredValue(row[0], row[1], expires_at)
 
     def bulk_get(self, keys: Sequence[str]) -> list[StoredValue | None]:
@@ -769,6 +772,7 @@ class SqliteConfiguration(_SqliteComponent, ConfigurationComponent):
         self._stopped = threading.Event()
         self._wake = threading.Event()
         self._next_trim = 0.0
+        self._revision = 0
 
     def _ddl(self) -> tuple[str, ...]:
         i, lg = self._items, self._log
@@ -875,16 +879,7 @@ class SqliteConfiguration(_SqliteComponent, ConfigurationComponent):
         with self._watch_lock:
             if self._watcher is None:
                 # Changes committed from here on are reported; earlier ones are not.
-                (revision,) = self._conn().execute(
-                    f"SELECT coalesce(max(revision), 0) FROM {self._log}"
-                ).fetchone()
-                self._watcher = threading.Thread(
-                    target=self._follow, args=(revision,), daemon=True,
-                    name=f"capa-sqlite-config-{self.name}",
-                )
-                with self._db.mutex:
-                    self._db.watcher_wakes.add(self._wake)
-                self._watcher.start()
+                self._start_watcher(self._last_revision(self._conn()))
             self._watchers.append(entry)
 
         def stop() -> None:
@@ -893,6 +888,32 @@ class SqliteConfiguration(_SqliteComponent, ConfigurationComponent):
                     self._watchers.remove(entry)
 
         return stop
+
+    def _last_revision(self, conn: sqlite3.Connection) -> int:
+        (revision,) = conn.execute(f"SELECT coalesce(max(revision), 0) FROM {self._log}").fetchone()
+        return int(revision)
+
+    def _start_watcher(self, revision: int) -> None:
+        self._revision = revision  # the last change reported; read by restart_after_fork
+        self._watcher = threading.Thread(
+            target=self._follow, args=(revision,), daemon=True,
+            name=f"capa-sqlite-config-{self.name}",
+        )
+        with self._db.mutex:
+            self._db.watcher_wakes.add(self._wake)
+        self._watcher.start()
+        _watching.add(self)
+
+    def restart_after_fork(self) -> None:
+        """In a forked child: the watcher thread did not survive fork(), so start another."""
+        self._watch_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._wake = threading.Event()
+        self._watcher = None
+        if self._watchers and not self._closed:
+            # The child's listeners are copies of the parent's as of the fork: they have seen
+            # what the parent's watcher reported, and nothing after.
+            self._start_watcher(self._revision)
 
     def _follow(self, revision: int) -> None:
         """The watcher thread: poll for commits, read the log past ``revision``, report."""
@@ -905,7 +926,7 @@ class SqliteConfiguration(_SqliteComponent, ConfigurationComponent):
                     if now_version != version or self._wake.is_set():
                         self._wake.clear()
                         version = now_version
-                        revision = self._report(conn, revision)
+                        revision = self._revision = self._report(conn, revision)
                 except Exception:  # a busy or vanished file: try again next round, never die
                     log.exception("configuration watcher of %s failed; retrying", self.name)
                     self._stopped.wait(0.5)
