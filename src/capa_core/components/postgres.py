@@ -144,7 +144,7 @@ class _Database:
         self.channel = channel[:_MAX_IDENTIFIER]
         self.min_size = option("pool_min_size", int, 1)
         self.max_size = option("pool_max_size", int, 8, "maxConns")
-        self.pool_timeout = option("pool_timeout", float, 10.0)
+        self.pool_timeout = option("pool_timeout", float, 5.0)
         if self.min_size < 0 or self.max_size < max(1, self.min_size):
             raise SettingsError(
                 component.source, "pool_max_size",
@@ -153,7 +153,7 @@ class _Database:
             )
         if self.pool_timeout <= 0:
             raise SettingsError(
-                component.source, "pool_timeout", "must be positive", "e.g. pool_timeout = 10"
+                component.source, "pool_timeout", "must be positive", "e.g. pool_timeout = 5"
             )
         self._ddl = ddl
         self._pool: Any = None
@@ -174,9 +174,6 @@ class _Database:
         sql = self.psycopg.sql
         parts = (self.schema, name) if self.schema else (name,)
         return str(sql.Identifier(*parts).as_string(None))
-
-    def literal(self, value: str) -> str:
-        return str(self.psycopg.sql.Literal(value).as_string(None))
 
     # --- connections ------------------------------------------------------------------------
 
@@ -440,7 +437,6 @@ class _Listener:
         return conn
 
     def _run(self, conn: Any) -> None:
-        psycopg = self._db.psycopg
         backoff = 0.05
         while not self._stopped.is_set():
             try:
@@ -449,7 +445,7 @@ class _Listener:
                     backoff = 0.05
                 for notify in conn.notifies(timeout=_LISTEN_TICK):
                     self._deliver(notify.payload)
-            except psycopg.Error as exc:
+            except Exception as exc:  # whatever happened, listen again on a new connection
                 self.connected.clear()
                 log.warning("LISTEN connection of %s lost (%s); reconnecting",
                             self._db.component.name, exc)
