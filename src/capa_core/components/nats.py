@@ -313,6 +313,7 @@ class _Link:
         self.jetstream: Any = None
         self.stream_ready = False
         self.closing = False
+        self.last_error: Exception | None = None
         self.groups: dict[tuple[str, str], str] = {}  # (topic, group) -> consumer name
         self.ack_waits: dict[str, float] = {}  # consumer name -> ack_wait known to be set
         self.connect_lock: asyncio.Lock | None = None
@@ -355,9 +356,10 @@ class _Link:
         async with self.connect_lock:
             if self.client is not None and not self.client.is_closed:
                 return self.client
-            import nats
+            from nats.aio.client import Client
 
             async def on_error(exc: Exception) -> None:
+                self.last_error = exc
                 log.warning("NATS at %s: %s", self.owner.address, exc)
 
             async def on_disconnect() -> None:
@@ -368,20 +370,33 @@ class _Link:
             async def on_reconnect() -> None:
                 log.warning("reconnected to NATS at %s", self.owner.address)
 
+            client = Client()
             try:
-                client = await nats.connect(
-                    self.owner.servers,
-                    name=self.owner.client_name,
-                    connect_timeout=max(1, round(self.owner.connect_timeout)),
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnect,
-                    reconnected_cb=on_reconnect,
-                )
-            except Exception as exc:
-                raise _failure(exc, "connection") from exc
+                # nats-py retries a first connection as often as reconnections (forever, here):
+                # bound it, so a wrong address fails in connectTimeout.
+                async with asyncio.timeout(self.owner.connect_timeout + 1):
+                    await client.connect(
+                        self.owner.servers,
+                        name=self.owner.client_name,
+                        connect_timeout=max(1, round(self.owner.connect_timeout)),
+                        allow_reconnect=True,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=1,
+                        error_cb=on_error,
+                        disconnected_cb=on_disconnect,
+                        reconnected_cb=on_reconnect,
+                    )
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await client.close()
+                if isinstance(exc, TimeoutError):
+                    raise NatsUnavailable(
+                        f"connection: cannot reach NATS at {self.owner.address}: "
+                        f"{self.last_error or 'no answer'}"
+                    ) from None
+                if isinstance(exc, Exception):
+                    raise _failure(exc, "connection") from exc
+                raise
             self.client, self.jetstream = client, client.jetstream(
                 timeout=self.owner.request_timeout
             )
@@ -413,8 +428,13 @@ class _Link:
             )
             try:
                 info = await js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                info = await js.stream_info(self.stream)  # made meanwhile by another process?
+            except nats.js.errors.BadRequestError as refused:
+                try:  # made meanwhile by another process?
+                    info = await js.stream_info(self.stream)
+                except nats.js.errors.NotFoundError:
+                    raise NatsRefused(
+                        f"stream {self.stream}", str(refused.description or refused)
+                    ) from refused
         subjects = list(info.config.subjects or [])
         if wanted not in subjects and ">" not in subjects:
             raise NatsRefused(
