@@ -400,6 +400,8 @@ def _child_uses_inherited_runtime(rt: Runtime, results: Any, changes: Any) -> No
     results.put(pid == os.getpid() and content)
 
 
+# Python 3.12+ warns that forking a threaded process is risky; forking servers do it anyway.
+@pytest.mark.filterwarnings("ignore:.*use of fork\\(\\) may lead to deadlocks:DeprecationWarning")
 def test_a_forked_child_opens_its_own_connections(tmp_path: Path) -> None:
     # Servers like gunicorn (preload) and Celery (prefork) fork after the app has set up capa.
     with runtime(f"sqlite:///{tmp_path / 'fork.db'}") as rt:
