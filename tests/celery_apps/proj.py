@@ -39,6 +39,7 @@ app.config_from_object(
         ],
         "CELERY_WORKER_PREFETCH_MULTIPLIER": 1,
         "CELERY_BEAT_CAPA_LOCK_TTL": 3,
+        "CELERY_WORKER_LOST_WAIT": 1,
     },
     namespace="CELERY",
 )
@@ -55,35 +56,35 @@ def write(kind: str, **fields: object) -> None:
         out.write(line)
 
 
-@app.task
+@app.task(shared=False)
 def add(x, y):
     return x + y
 
 
-@app.task
+@app.task(shared=False)
 def tsum(values):
     return sum(values)
 
 
-@app.task
+@app.task(shared=False)
 def record(kind, **fields):
     write(kind, **fields)
     return kind
 
 
-@app.task(bind=True)
+@app.task(shared=False, bind=True)
 def where(self):
     return {"routing_key": self.request.delivery_info.get("routing_key"), "t": time.time()}
 
 
-@app.task(bind=True, max_retries=5, default_retry_delay=0.1)
+@app.task(shared=False, bind=True, max_retries=5, default_retry_delay=0.1)
 def flaky(self, failures):
     if self.request.retries < failures:
         raise self.retry()
     return self.request.retries
 
 
-@app.task(bind=True, autoretry_for=(KeyError,), retry_backoff=1, retry_jitter=False,
+@app.task(shared=False, bind=True, autoretry_for=(KeyError,), retry_backoff=1, retry_jitter=False,
           max_retries=2)
 def backs_off(self):
     write("backs_off", retries=self.request.retries)
@@ -92,43 +93,43 @@ def backs_off(self):
     return self.request.retries
 
 
-@app.task(bind=True, max_retries=1, default_retry_delay=0.1)
+@app.task(shared=False, bind=True, max_retries=1, default_retry_delay=0.1)
 def always_retries(self):
     raise self.retry(exc=RuntimeError("still failing"))
 
 
-@app.task
+@app.task(shared=False)
 def boom(message):
     raise ValueError(message)
 
 
-@app.task(ignore_result=True)
+@app.task(shared=False, ignore_result=True)
 def quiet(token):
     write("quiet", token=token)
     return token
 
 
-@app.task(bind=True)
+@app.task(shared=False, bind=True)
 def ordered(self, label):
     write("ordered", label=label)
     time.sleep(0.05)
     return label
 
 
-@app.task(bind=True, acks_late=True)
+@app.task(shared=False, bind=True, acks_late=True)
 def slow(self, seconds, token):
     write("slow-start", token=token, task_id=self.request.id)
     time.sleep(seconds)
     return token
 
 
-@app.task(acks_late=True)
+@app.task(shared=False, acks_late=True)
 def counted(n):
     time.sleep(0.01)
     return n
 
 
-@app.task(acks_late=True, reject_on_worker_lost=True)
+@app.task(shared=False, acks_late=True, reject_on_worker_lost=True)
 def crash():
     os._exit(1)  # dies as a segfaulting extension would: the pool loses the child
 
