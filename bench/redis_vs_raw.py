@@ -3,13 +3,17 @@
 Run: python bench/redis_vs_raw.py [--calls N] [--messages M] [--rounds R] [--url URL]
 Uses database 4 of the local Redis (redis://127.0.0.1:6379/4) under a key prefix of its own,
 removed at the end. Prints ops/s through capa and through raw redis-py and the ratio of their
-times (capa/raw; targets: at most 1.10 for state, 1.20 for pub/sub). Medians over rounds; the
-two sides alternate round by round so machine noise hits both alike.
+times (capa/raw; targets: at most 1.10 for state, 1.20 for pub/sub).
+
+Noise: on a shared machine the speed of both sides drifts by more than the difference being
+measured, so within each round the two sides take turns in small chunks (which one goes first
+alternates), a round's ratio compares time spent in the same stretch of wall-clock time, and
+the figures printed are medians over rounds (ops/s of each side, and the ratio).
 
 Rows:
 - state get/save, client: the StateStore API on a JSON value against GET/SET plus json.
 - state get/save, SPI: the component on bytes against GET/SET on the same bytes.
-- publish+consume: M messages published one by one, then consumed in pulls of 10 and acked one
+- publish+consume: messages published one by one, then consumed in pulls of 10 and acked one
   by one; capa through PubSub.publish(raw=True) / PubSub.pull / Message.ack, raw as XADD,
   XREADGROUP COUNT 10 and XACK. Then the same with the CloudEvents envelope the API adds by
   default (the raw side unchanged), for information.
@@ -32,18 +36,40 @@ from capa_core.types import SetRequest
 
 VALUE = {"user": 42, "name": "Ada", "roles": ["admin", "dev"], "active": True}
 
+Batch = Callable[[int], object]  # does n operations
 
-def per_call_ns(fn: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter_ns()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter_ns() - start) / calls
+
+def repeat(fn: Callable[[], object]) -> Batch:
+    def batch(n: int) -> object:
+        for _ in range(n):
+            fn()
+        return n
+
+    return batch
+
+
+def compare(capa: Batch, raw: Batch, total: int, chunk: int, rounds: int) -> tuple[float, ...]:
+    """Median ops/s of capa, of raw, and median of the per-round time ratios capa/raw."""
+    capa_rates, raw_rates, ratios = [], [], []
+    for r in range(rounds):
+        spent = {"capa": 0, "raw": 0}
+        sides = [("capa", capa), ("raw", raw)]
+        for c in range(total // chunk):
+            for side, batch in sides if (r + c) % 2 == 0 else sides[::-1]:
+                start = time.perf_counter_ns()
+                batch(chunk)
+                spent[side] += time.perf_counter_ns() - start
+        done = total // chunk * chunk
+        capa_rates.append(done / spent["capa"] * 1e9)
+        raw_rates.append(done / spent["raw"] * 1e9)
+        ratios.append(spent["capa"] / spent["raw"])
+    return statistics.median(capa_rates), statistics.median(raw_rates), statistics.median(ratios)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--calls", type=int, default=3_000)
-    parser.add_argument("--messages", type=int, default=1_000)
+    parser.add_argument("--calls", type=int, default=2_000, help="state calls per round")
+    parser.add_argument("--messages", type=int, default=1_000, help="messages per round")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/4")
     args = parser.parse_args()
@@ -84,12 +110,13 @@ def run(url: str, prefix: str, raw: redis.Redis, calls: int, messages: int, roun
     raw.xgroup_create(raw_stream, "billing", id="0", mkstream=True)
     bus.pull("orders", group="billing", timeout=0)
     body = json.dumps(VALUE).encode()
+    headers = json.dumps({"content-type": "application/json"})
 
-    def raw_publish_consume() -> object:
-        for _ in range(messages):
-            raw.xadd(raw_stream, {"data": body, "metadata": '{"content-type":"application/json"}'})
+    def raw_publish_consume(n: int) -> object:
+        for _ in range(n):
+            raw.xadd(raw_stream, {"data": body, "metadata": headers})
         done = 0
-        while done < messages:
+        while done < n:
             reply = raw.xreadgroup("billing", "bench", {raw_stream: ">"}, count=10)
             for entry_id, fields in reply[0][1]:
                 json.loads(fields[b"data"])
@@ -98,12 +125,12 @@ def run(url: str, prefix: str, raw: redis.Redis, calls: int, messages: int, roun
                 done += 1
         return done
 
-    def capa_publish_consume(envelope: bool) -> Callable[[], object]:
-        def cycle() -> object:
-            for _ in range(messages):
+    def capa_publish_consume(envelope: bool) -> Batch:
+        def cycle(n: int) -> object:
+            for _ in range(n):
                 bus.publish("orders", VALUE, raw=not envelope)
             done = 0
-            while done < messages:
+            while done < n:
                 for message in bus.pull("orders", group="billing", max_messages=10, timeout=1):
                     message.ack()
                     done += 1
@@ -111,36 +138,30 @@ def run(url: str, prefix: str, raw: redis.Redis, calls: int, messages: int, roun
 
         return cycle
 
-    cases: list[tuple[str, Callable[[], object], Callable[[], object], int, int]] = [
-        # name, capa, raw, calls per round, operations per call
-        ("state get, client (JSON)", lambda: store.get("key"), raw_get_json, calls, 1),
-        ("state save, client (JSON)", lambda: store.save("key", VALUE), raw_save_json, calls, 1),
-        ("state get, SPI (bytes)", lambda: component.get("bench||key"),
-         lambda: raw.get(raw_key), calls, 1),
-        ("state save, SPI (bytes)", lambda: component.set(spi_request),
-         lambda: raw.set(raw_key, encoded), calls, 1),
-        ("publish+consume, raw payload", capa_publish_consume(False), raw_publish_consume, 1,
-         messages),
-        ("publish+consume, CloudEvent", capa_publish_consume(True), raw_publish_consume, 1,
-         messages),
+    cases: list[tuple[str, Batch, Batch, int, int]] = [
+        # name, capa, raw, operations per round, operations per chunk
+        ("state get, client (JSON)", repeat(lambda: store.get("key")), repeat(raw_get_json),
+         calls, 50),
+        ("state save, client (JSON)", repeat(lambda: store.save("key", VALUE)),
+         repeat(raw_save_json), calls, 50),
+        ("state get, SPI (bytes)", repeat(lambda: component.get("bench||key")),
+         repeat(lambda: raw.get(raw_key)), calls, 50),
+        ("state save, SPI (bytes)", repeat(lambda: component.set(spi_request)),
+         repeat(lambda: raw.set(raw_key, encoded)), calls, 50),
+        ("publish+consume, raw payload", capa_publish_consume(False), raw_publish_consume,
+         messages, 50),
+        ("publish+consume, CloudEvent", capa_publish_consume(True), raw_publish_consume,
+         messages, 50),
     ]
-    for _, capa_fn, raw_fn, n, _ in cases:  # warm up connections and scripts
-        for _ in range(min(n, 200)):
-            capa_fn()
-            raw_fn()
+    for _, capa_fn, raw_fn, _, chunk in cases:  # warm up connections and scripts
+        capa_fn(chunk)
+        raw_fn(chunk)
 
     print(f"{url}, {rounds} rounds, medians")
     print(f"{'operation':<32}{'capa ops/s':>12}{'raw ops/s':>12}{'ratio':>8}")
-    for name, capa_fn, raw_fn, n, per_call in cases:
-        capa_ns, raw_ns = [], []
-        for _ in range(rounds):
-            capa_ns.append(per_call_ns(capa_fn, n) / per_call)
-            raw_ns.append(per_call_ns(raw_fn, n) / per_call)
-        capa_median, raw_median = statistics.median(capa_ns), statistics.median(raw_ns)
-        print(
-            f"{name:<32}{1e9 / capa_median:>12,.0f}{1e9 / raw_median:>12,.0f}"
-            f"{capa_median / raw_median:>8.2f}"
-        )
+    for name, capa_fn, raw_fn, total, chunk in cases:
+        capa_rate, raw_rate, ratio = compare(capa_fn, raw_fn, total, chunk, rounds)
+        print(f"{name:<32}{capa_rate:>12,.0f}{raw_rate:>12,.0f}{ratio:>8.2f}")
     runtime.close()
 
 

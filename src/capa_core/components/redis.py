@@ -567,10 +567,13 @@ if #out < count then
   local fresh = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - #out,
                            'STREAMS', KEYS[1], '>')
   if fresh then
+    local leases = {}
     for _, entry in ipairs(fresh[1][2]) do
-      redis.call('ZADD', KEYS[2], until_, entry[1])
+      leases[#leases + 1] = until_
+      leases[#leases + 1] = entry[1]
       out[#out + 1] = {entry[1], entry[2], 1}
     end
+    redis.call('ZADD', KEYS[2], unpack(leases))
   end
 end
 if #out > 0 then return {1, out} end
@@ -689,6 +692,7 @@ return 0
 
 _TRIM_INTERVAL = 1.0  # seconds between trims of one stream by one process
 _MAX_BLOCK = 2.0  # seconds one XREAD may block before the puller looks again
+_MAX_PULL = 1000  # deliveries one pull hands out at most
 
 
 class RedisPubSub(_RedisComponent, PubSubComponent):
@@ -767,7 +771,9 @@ class RedisPubSub(_RedisComponent, PubSubComponent):
         self._used.add((topic, group))
         stream, wake = self._stream(topic), self._wake(topic)
         keys = [stream, self._due(topic, group), wake]
-        args = [group, self.consumer, max_messages, max(1, round(lease * 1000))]
+        # Lua's unpack() has a stack limit; a pull may return fewer than asked for.
+        count = min(max_messages, _MAX_PULL)
+        args = [group, self.consumer, count, max(1, round(lease * 1000))]
         deadline = time.monotonic() + timeout
         while True:
             reply = self._pull_once(topic, group, keys, args)
