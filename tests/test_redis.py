@@ -526,6 +526,45 @@ def test_configuration_change_from_another_process_arrives_within_100ms(
     assert max(delays) < 0.1, f"slowest change took {max(delays) * 1000:.0f} ms"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_keeps_receiving_configuration_changes(
+    prefix: str, runtimes: list[Runtime], unique: str
+) -> None:
+    """Prefork servers (Celery, gunicorn) fork after start-up: the watcher runs on in the child."""
+    app_id = f"app-{unique}"
+    rt = Runtime.from_mapping(settings_for(prefix, app_id))
+    runtimes.append(rt)
+    seen: list[ConfigurationChange] = []
+    rt.configuration().subscribe([], seen.extend)
+    rt.configuration().save({"flag": "before-fork"})
+    wait_until(lambda: seen, 5, "the parent's watcher works")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether the change made after the fork reached it
+        code = 1
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if any(c.item.content == "after-fork" for c in list(seen)):
+                    code = 0
+                    break
+                time.sleep(0.02)
+            os.write(write_end, b"ok" if code == 0 else b"missed")
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        other = Runtime.from_mapping(settings_for(prefix, app_id))
+        runtimes.append(other)
+        other.configuration().save({"flag": "after-fork"})
+        with os.fdopen(read_end, "rb") as reply:
+            verdict = reply.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert verdict == b"ok" and os.waitstatus_to_exitcode(status) == 0
+    wait_until(lambda: any(c.item.content == "after-fork" for c in seen), 5, "the parent too")
+
+
 # --- faults: server restarts ---------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -1061,6 +1062,18 @@ class RedisConfiguration(_RedisComponent, ConfigurationComponent):
         super().close()
 
 
+# Watchers to restart in a forked child (threads do not survive fork()).
+_watchers: weakref.WeakSet[_ConfigurationWatcher] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for watcher in list(_watchers):
+        watcher.restart_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _ConfigurationWatcher:
     """A thread listening on an app's change channel; after a reconnect it reports the
     differences between what it knew and what the server holds, so no change is missed."""
@@ -1074,9 +1087,24 @@ class _ConfigurationWatcher:
         self._client = store.make_client(retries=0)  # reconnection is this thread's job
         self._pubsub: Any = None
         self._known: _Snapshot = {}
-        self._thread = threading.Thread(
-            target=self._run, name=f"capa-config-watch-{store.name}", daemon=True
+        self._thread = self._new_thread()
+        _watchers.add(self)
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(
+            target=self._run, name=f"capa-config-watch-{self.store.name}", daemon=True
         )
+
+    def restart_after_fork(self) -> None:
+        """In a forked child: listen again on connections of its own, then report what
+        changed since the fork (the resync after any reconnect)."""
+        if self._stopped.is_set():
+            return
+        self._stopped = threading.Event()  # the parent's may have been mid-use at fork()
+        self._pubsub = None  # the parent's connection; dropped, never closed from here
+        self._client = self.store.make_client(retries=0)
+        self._thread = self._new_thread()
+        self._thread.start()
 
     def start(self) -> None:
         # Subscribe before returning, so every change made after watch() returns is seen.
