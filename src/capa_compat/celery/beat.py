@@ -47,7 +47,10 @@ def stores_for(app: Any) -> tuple[StateStore, Lock]:
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
     """celery.beat.Scheduler with its state in capa and one active beat per application."""
 
-    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, app, schedule=None, max_interval=None, Producer=None,
+        lazy=False, sync_every_tasks=None, **kwargs,
+    ):
         self.lock_ttl = float(app.conf.get("beat_capa_lock_ttl") or DEFAULT_LOCK_TTL)
         self.owner = default_owner()
         self.leading = False
@@ -55,7 +58,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.state_key = f"celery-beat/{name}/schedule"
         self.lock_id = f"celery-beat/{name}"
         self.store, self.lock = stores_for(app)
-        super().__init__(app, *args, **kwargs)
+        super().__init__(
+            app, schedule=schedule, max_interval=max_interval, Producer=Producer, lazy=lazy,
+            sync_every_tasks=sync_every_tasks, **kwargs,
+        )
 
     # --- schedule state in capa ----------------------------------------------------------------
 

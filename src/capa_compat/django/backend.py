@@ -29,6 +29,7 @@ import json
 import os
 import pickle
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -197,6 +198,9 @@ class CapaCache(BaseCache):
         options = params.get("OPTIONS") or {}
         if isinstance(location, list | tuple):
             location = location[0] if location else ""
+        elif "://" in location and re.search("[;,]", location):
+            # Django's and django-redis's form for several servers: the first takes the writes.
+            location = re.split("[;,]", location)[0].strip()
         self.location = location or ""
         serializer = options.get("SERIALIZER", "pickle")
         if serializer not in _SERIALIZERS:

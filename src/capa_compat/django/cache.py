@@ -2,6 +2,10 @@
 
     from capa_compat.django.cache import cache, caches        # was: from django.core.cache ...
 
+Backends for CACHES: ``CapaCache`` (LOCATION a capa component name or URL), and twins of the
+legacy backends that read LOCATION the way the original does (``RedisCache``, ``LocMemCache``,
+``FileBasedCache``, ``DatabaseCache``, ``PyMemcacheCache``/``PyLibMCCache``), all on capa state.
+
 ``caches`` reads settings.CACHES like Django's handler. Entries naming ``CapaCache`` are used as
 written; entries naming Django's own backends (RedisCache, LocMemCache, FileBasedCache,
 DatabaseCache, the memcached ones) or django-redis's are served by ``CapaCache`` with their
@@ -40,8 +44,14 @@ __all__ = [
     "CacheHandler",
     "CacheKeyWarning",
     "CapaCache",
+    "DatabaseCache",
+    "FileBasedCache",
     "InvalidCacheBackendError",
     "InvalidCacheKey",
+    "LocMemCache",
+    "PyLibMCCache",
+    "PyMemcacheCache",
+    "RedisCache",
     "cache",
     "caches",
     "capa_params",
@@ -102,6 +112,58 @@ def capa_params(
     )
 
 
+# --- the legacy backends' twins: CapaCache reading LOCATION the way each legacy backend does, so
+# a settings file can name them in place of the originals (the codemod does) with LOCATION kept.
+
+
+class RedisCache(CapaCache):
+    """Django's RedisCache (or django-redis's) LOCATION: server URL(s); the first takes writes."""
+
+    def __init__(self, server: Any, params: Mapping[str, Any]) -> None:
+        super().__init__(*capa_params(_REDIS_BACKENDS[0], server, params))
+
+
+class LocMemCache(CapaCache):
+    """LocMemCache's LOCATION: a name; caches of this process naming it share the entries."""
+
+    def __init__(self, name: str, params: Mapping[str, Any]) -> None:
+        super().__init__(*capa_params(_LOCMEM, name, params))
+
+
+class FileBasedCache(CapaCache):
+    """FileBasedCache's LOCATION: a directory; the entries live in a SQLite file there."""
+
+    def __init__(self, dir: str, params: Mapping[str, Any]) -> None:
+        super().__init__(*capa_params(_FILEBASED, dir, params))
+
+
+class DatabaseCache(CapaCache):
+    """DatabaseCache's LOCATION (a table) is not used: the runtime's default state store is."""
+
+    def __init__(self, table: str, params: Mapping[str, Any]) -> None:
+        super().__init__(*capa_params(_DEFAULT_STORE_BACKENDS[0], table, params))
+
+
+class PyMemcacheCache(CapaCache):
+    """Memcached's LOCATION (servers) is not used: the runtime's default state store is."""
+
+    def __init__(self, server: Any, params: Mapping[str, Any]) -> None:
+        super().__init__(*capa_params(_DEFAULT_STORE_BACKENDS[1], server, params))
+
+
+PyLibMCCache = PyMemcacheCache
+
+TWINS: dict[str, type[CapaCache]] = {
+    "django.core.cache.backends.redis.RedisCache": RedisCache,
+    "django_redis.cache.RedisCache": RedisCache,
+    _LOCMEM: LocMemCache,
+    _FILEBASED: FileBasedCache,
+    "django.core.cache.backends.db.DatabaseCache": DatabaseCache,
+    "django.core.cache.backends.memcached.PyMemcacheCache": PyMemcacheCache,
+    "django.core.cache.backends.memcached.PyLibMCCache": PyLibMCCache,
+}
+
+
 def _connect(alias: str, settings: Mapping[str, Any], fallback: Any = None) -> BaseCache:
     params = dict(settings[alias])
     backend = params.pop("BACKEND")
@@ -115,9 +177,7 @@ def _connect(alias: str, settings: Mapping[str, Any], fallback: Any = None) -> B
             raise InvalidCacheBackendError(f"Could not find backend '{backend}': {exc}") from exc
         return backend_cls(location, params)  # type: ignore[no-any-return]
     try:
-        if backend in LEGACY_BACKENDS:
-            location, params = capa_params(backend, location, params)
-        return CapaCache(location, params)
+        return TWINS.get(backend, CapaCache)(location, params)
     except InvalidCacheBackendError as exc:
         # Name the CACHES entry: the backend alone cannot know which alias it serves.
         raise InvalidCacheBackendError(f"CACHES[{alias!r}]: {exc}") from exc

@@ -9,6 +9,7 @@ serialization) is kombu itself running on that transport.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import kombu as _kombu
@@ -89,6 +90,9 @@ class Connection(_kombu.Connection):  # type: ignore[misc]
             failover_strategy, alternates, credential_provider, **kwargs,
         )
 
+
+# Same call signature as upstream's, annotations included, for tools that compare them.
+Connection.__init__.__signature__ = inspect.signature(_kombu.Connection.__init__)  # type: ignore[attr-defined]
 
 BrokerConnection = Connection
 

@@ -52,7 +52,7 @@ log = logging.getLogger("capa_compat.kombu")
 
 CONTENT_TYPE = "application/x-kombu+json"
 PRIORITY_STEPS = (0, 3, 6, 9)
-_SWEEP_EVERY = 0.25  # seconds between non-blocking looks at a queue's quieter topics
+_SWEEP_EVERY = 0.2  # seconds between looks at a quiet topic while another is waited on
 _BLOCK = 1.0  # longest blocking pull; also how long a cancelled fetcher may linger
 _BATCH = 16
 _GET_WAIT = 0.05  # basic_get's longest wait for a message just published
@@ -107,13 +107,19 @@ class QoS(virtual.QoS):
 
 
 class _Fetcher:
-    """Pulls one queue's messages ahead of delivery, within the channel's prefetch budget."""
+    """Pulls the messages of a channel's consumed queues ahead of delivery, within prefetch.
 
-    def __init__(self, channel: Channel, queue: str) -> None:
-        self.channel, self.queue = channel, queue
+    One thread per channel. Every round it looks, without waiting, at each topic that is due
+    (highest priority band first, then round robin so busy queues share the budget); when none
+    has anything it waits on the topic that last had messages. A quiet topic is looked at again
+    after ``_SWEEP_EVERY``: that bounds the extra latency of the less busy queues.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
         self.stopped = threading.Event()
         self.thread = threading.Thread(
-            target=self._run, name=f"capa-kombu-{queue}", daemon=True
+            target=self._run, name=f"capa-kombu-channel-{channel.channel_id}", daemon=True
         )
         self.thread.start()
 
@@ -124,45 +130,53 @@ class _Fetcher:
 
     def _run(self) -> None:
         channel = self.channel
-        hot: Source | None = None
-        last_sweep = 0.0
+        next_look: dict[tuple[str, Source], float] = {}
+        hot: tuple[str, Source] | None = None
+        turn = 0
         while not self.stopped.is_set() and not channel.closed:
-            n = channel.reserve()
+            n = channel.free()
             if n <= 0:
                 with channel.budget_changed:
                     channel.budget_changed.wait(0.5)
                 continue
             try:
-                sources = channel.sources(self.queue)
-                if hot not in sources:
-                    hot = channel.first_source(sources)
-                got: tuple[Source, list[Delivery]] | None = None
+                pairs = channel.consumed_sources()
+                if not pairs:
+                    with channel.budget_changed:
+                        channel.budget_changed.wait(0.5)
+                    continue
+                if hot not in pairs:
+                    hot = next(
+                        (p for p in pairs if p[1].exchange is not None),
+                        next((p for p in pairs if p[1].priority == 0), pairs[0]),
+                    )
+                turn = (turn + 1) % len(pairs)
+                rotated = pairs[turn:] + pairs[:turn]
+                rotated.sort(key=lambda p: -p[1].priority)  # stable: bands first, then turns
                 now = time.monotonic()
-                sweep = now - last_sweep >= _SWEEP_EVERY
-                for source in sources:
-                    if source == hot or not (sweep or source.priority > hot.priority):
+                got = None
+                for pair in rotated:
+                    if next_look.get(pair, 0.0) > now:
                         continue
-                    deliveries = channel.pull(source, self.queue, n, 0.0)
+                    deliveries = channel.pull(pair[1], pair[0], n, 0.0)
                     if deliveries:
-                        got = (source, deliveries)
+                        got = (pair, deliveries)
                         break
-                if sweep:
-                    last_sweep = now
+                    next_look[pair] = now + _SWEEP_EVERY
                 if got is None:
-                    wait = _BLOCK if len(sources) == 1 else _SWEEP_EVERY
-                    deliveries = channel.pull(hot, self.queue, n, wait)
+                    wait = _BLOCK if len(pairs) == 1 else _SWEEP_EVERY
+                    deliveries = channel.pull(hot[1], hot[0], n, wait)
                     if deliveries:
                         got = (hot, deliveries)
                 if got is not None:
                     hot = got[0]
-                    channel.accept(self.queue, got[0], got[1], fetcher=self)
-            except Exception:  # the broker is down or the queue is gone: retry, never die
-                if channel.closed:
+                    next_look[hot] = 0.0
+                    channel.accept(hot[0], hot[1], got[1], fetcher=self)
+            except Exception:  # the broker is down or a queue is gone: retry, never die
+                if channel.closed or self.stopped.is_set():
                     return
-                log.exception("fetching from queue %r failed; retrying", self.queue)
+                log.exception("fetching for channel %s failed; retrying", channel.channel_id)
                 self.stopped.wait(1.0)
-            finally:
-                channel.unreserve(n)
 
 
 class Channel(virtual.Channel):
@@ -193,9 +207,8 @@ class Channel(virtual.Channel):
         self.max_attempts = int(self.max_attempts or 0)
         self.budget_changed = threading.Condition()
         self._held = 0  # deliveries of this channel not settled yet (buffered or delivered)
-        self._reserved = 0
         self._ready: list[tuple[int, int, str, str, dict[str, Any]]] = []
-        self._fetchers: dict[str, _Fetcher] = {}
+        self._fetcher: _Fetcher | None = None
         self._no_ack: set[str] = set()
 
     # --- names -----------------------------------------------------------------------------
@@ -326,24 +339,27 @@ class Channel(virtual.Channel):
         super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
         if no_ack:
             self._no_ack.add(queue)
-        if queue not in self._fetchers:
-            for source in self.sources(queue):
-                self.ensure(source.topic, queue)
-            self._fetchers[queue] = _Fetcher(self, queue)
+        for source in self.sources(queue):
+            self.ensure(source.topic, queue)
+        if self._fetcher is None:
+            self._fetcher = _Fetcher(self)
+        with self.budget_changed:
+            self.budget_changed.notify_all()
 
     def basic_cancel(self, consumer_tag: str) -> None:
         queue = self._tag_to_queue.get(consumer_tag)
         super().basic_cancel(consumer_tag)
         if queue is not None and queue not in self._active_queues:
-            fetcher = self._fetchers.pop(queue, None)
-            if fetcher is not None:
-                fetcher.stop()
             self._no_ack.discard(queue)
             self._return_buffered(queue)
 
+    def consumed_sources(self) -> list[tuple[str, Source]]:
+        """(queue, source) for every topic of every queue consumed on this channel."""
+        return [(q, s) for q in list(dict.fromkeys(self._active_queues)) for s in self.sources(q)]
+
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         # A consumer of this queue on the channel may have fetched it already.
-        wait = _GET_WAIT if queue in self._fetchers else 0.0
+        wait = _GET_WAIT if queue in self._active_queues else 0.0
         payload = self.transport.take_buffered(self, queue, wait)
         if payload is None:
             try:
@@ -380,20 +396,11 @@ class Channel(virtual.Channel):
     def pull(self, source: Source, queue: str, n: int, timeout: float) -> list[Delivery]:
         return self.pubsub.pull_deliveries(source.topic, queue, n, timeout, self.lease)
 
-    def reserve(self) -> int:
-        """Take part of the prefetch budget for one pull; 0 when none is left."""
+    def free(self) -> int:
+        """How many more messages this channel may hold now (its prefetch budget)."""
         with self.budget_changed:
             limit = self.qos.prefetch_count or self.prefetch_limit
-            free = limit - self._held - self._reserved
-            fetchers = max(1, len(self._fetchers))
-            n = max(0, min(_BATCH, free, max(1, free // fetchers)))
-            self._reserved += n
-            return n
-
-    def unreserve(self, n: int) -> None:
-        with self.budget_changed:
-            self._reserved -= n
-            self.budget_changed.notify_all()
+            return max(0, min(_BATCH, limit - self._held))
 
     def accept(
         self, queue: str, source: Source, deliveries: Iterable[Delivery],
@@ -424,7 +431,9 @@ class Channel(virtual.Channel):
             properties["delivery_tag"] = tag
             info = properties.setdefault("delivery_info", {})
             info["redelivered"] = delivery.attempt > 1
-            if fetcher is not None and fetcher.stopped.is_set():
+            if fetcher is not None and (
+                fetcher.stopped.is_set() or queue not in self._active_queues
+            ):
                 self.settle(tag, REQUEUE, count_attempt=False)
                 continue
             accepted.append(payload)
@@ -490,9 +499,9 @@ class Channel(virtual.Channel):
     def close(self) -> None:
         if self.closed:
             return
-        for fetcher in self._fetchers.values():
-            fetcher.stop()
-        self._fetchers.clear()
+        if self._fetcher is not None:
+            self._fetcher.stop()
+            self._fetcher = None
         transport = self.transport
         super().close()  # cancels consumers, restores delivered unacked messages
         self.closed = True
