@@ -21,6 +21,11 @@ Storage, chosen so the common calls are one plain command:
 - configuration: a hash per (app id, group, label) and a set indexing them per app; every change
   is published on a channel per app, which a watcher thread turns into callbacks (it reconnects,
   then reports what changed while it was away).
+
+Keys, after ``keyPrefix``: state keys as the client finishes them (Dapr's ``app||key``); the
+stream ``<topic>`` with ``<topic>:capa:due:<group>`` and ``<topic>:capa:wake`` beside it;
+``capa:lock:<resource>``; ``capa:config:...``, ``capa:config-index:<app>`` and the channel
+``capa:config-changes:<app>``.
 """
 
 from __future__ import annotations
