@@ -465,6 +465,7 @@ def test_entries_are_trimmed_once_every_group_has_acknowledged_them(
     assert server.xlen(stream) == 0
 
 
+@pytest.mark.slow
 def test_a_killed_consumer_process_messages_go_to_another_consumer(
     prefix: str, runtimes: list[Runtime], workers: list[Worker], unique: str
 ) -> None:
@@ -503,6 +504,7 @@ def test_consumer_names_are_unique_per_process(prefix: str, runtimes: list[Runti
 # --- configuration -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_configuration_change_from_another_process_arrives_within_100ms(
     prefix: str, runtimes: list[Runtime], workers: list[Worker], unique: str
 ) -> None:
@@ -526,6 +528,7 @@ def test_configuration_change_from_another_process_arrives_within_100ms(
     assert max(delays) < 0.1, f"slowest change took {max(delays) * 1000:.0f} ms"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_keeps_receiving_configuration_changes(
     prefix: str, runtimes: list[Runtime], unique: str
