@@ -1,0 +1,177 @@
+"""Celery through capa_compat.celery against native Celery, same servers, same worker settings.
+
+For each broker (Redis, then RabbitMQ when it is up), in one run: a ``celery worker`` subprocess
+per side (same concurrency), 2,000 tasks ``.delay()``ed and their results collected (tasks/s),
+then single-task round trips (delay + get: p50, p99). Medians of several rounds; prints the
+capa/native ratios (throughput: higher is better; latency: lower is better).
+
+    python bench/celery_vs_native.py [--tasks 2000] [--rounds 3] [--concurrency 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REDIS = "redis://127.0.0.1:6379/3"
+AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+
+PROJECT = '''
+import os
+if os.environ["BENCH_SIDE"] == "capa":
+    from capa_compat.celery import Celery
+else:
+    from celery import Celery
+app = Celery("benchproj", broker=os.environ["BENCH_BROKER"], backend=os.environ["BENCH_BACKEND"])
+app.conf.update(
+    task_default_queue=os.environ["BENCH_QUEUE"],
+    result_backend_transport_options={"global_keyprefix": os.environ["BENCH_QUEUE"]},
+    broker_transport_options={"topic_prefix": os.environ["BENCH_QUEUE"] + "."},
+    worker_hijack_root_logger=False,
+)
+
+@app.task
+def add(x, y):
+    return x + y
+'''
+
+
+def reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Side:
+    """One configuration (capa or native) with its worker process and its app in this process."""
+
+    def __init__(self, side: str, broker: str, backend: str, workdir: Path, concurrency: int):
+        self.side = side
+        self.env = {
+            **os.environ,
+            "BENCH_SIDE": side,
+            "BENCH_BROKER": broker,
+            "BENCH_BACKEND": backend,
+            "BENCH_QUEUE": f"bench-{side}-{uuid.uuid4().hex[:8]}",
+            "PYTHONPATH": os.pathsep.join([str(workdir), *sys.path]),
+        }
+        self.workdir = workdir
+        self.concurrency = concurrency
+        self.worker: subprocess.Popen[bytes] | None = None
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("BENCH_")})
+        sys.modules.pop("benchproj", None)
+        sys.path.insert(0, str(workdir))
+        import benchproj  # noqa: PLC0415 - imported per side, with that side's settings
+
+        self.app, self.add = benchproj.app, benchproj.add
+
+    def start(self) -> None:
+        log = open(self.workdir / f"{self.side}.log", "wb")  # noqa: SIM115
+        self.worker = subprocess.Popen(
+            [str(Path(sys.executable).with_name("celery")), "-A", "benchproj", "worker",
+             "-c", str(self.concurrency), "-l", "warning", "--without-gossip",
+             "--without-mingle", "--without-heartbeat", "-n", f"{self.side}@%h"],
+            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:  # warm up: the first round trip also waits for the worker to be ready
+            try:
+                self.add.delay(1, 1).get(timeout=5)
+                return
+            except Exception:
+                if time.monotonic() > deadline or self.worker.poll() is not None:
+                    raise
+
+    def stop(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            os.killpg(self.worker.pid, signal.SIGTERM)
+            try:
+                self.worker.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.worker.pid, signal.SIGKILL)
+
+    def throughput(self, tasks: int) -> float:
+        started = time.perf_counter()
+        results = [self.add.delay(i, i) for i in range(tasks)]
+        for n, result in enumerate(results):
+            assert result.get(timeout=120) == 2 * n
+        return tasks / (time.perf_counter() - started)
+
+    def latencies(self, count: int) -> list[float]:
+        out = []
+        for i in range(count):
+            started = time.perf_counter()
+            assert self.add.delay(i, 1).get(timeout=30) == i + 1
+            out.append(time.perf_counter() - started)
+        return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(label: str, broker: str, backend: str, args: argparse.Namespace) -> None:
+    print(f"\n== {label}: broker {broker}, result backend {backend}, "
+          f"{args.concurrency} worker processes, {args.tasks} tasks x {args.rounds} rounds")
+    figures: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "benchproj.py").write_text(PROJECT)
+        for side in ("native", "capa"):
+            bench = Side(side, broker, backend, workdir, args.concurrency)
+            try:
+                bench.start()
+                rates, p50s, p99s = [], [], []
+                for _ in range(args.rounds):
+                    rates.append(bench.throughput(args.tasks))
+                    lat = bench.latencies(args.latency_samples)
+                    p50s.append(percentile(lat, 0.5))
+                    p99s.append(percentile(lat, 0.99))
+                figures[side] = {
+                    "rate": statistics.median(rates),
+                    "p50": statistics.median(p50s),
+                    "p99": statistics.median(p99s),
+                }
+            finally:
+                bench.stop()
+            f = figures[side]
+            print(f"{side:>7}: {f['rate']:8.0f} tasks/s   round trip p50 {f['p50'] * 1e3:6.2f} ms"
+                  f"   p99 {f['p99'] * 1e3:6.2f} ms")
+    capa, native = figures["capa"], figures["native"]
+    print(f"  ratio capa/native: throughput {capa['rate'] / native['rate']:.2f} (target >= 1.0),"
+          f" p50 {capa['p50'] / native['p50']:.2f} (target <= 1.2),"
+          f" p99 {capa['p99'] / native['p99']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    args = parser.parse_args()
+    if not reachable(6379):
+        sys.exit("Redis is not reachable on 127.0.0.1:6379 (see SERVICES.md to start it)")
+    run("Redis", REDIS, REDIS, args)
+    if reachable(5672):
+        # Same result backend on both sides (Redis), so the broker is what differs.
+        run("RabbitMQ", AMQP, REDIS, args)
+    else:
+        print("\nRabbitMQ is not reachable on 127.0.0.1:5672: skipped")
+
+
+if __name__ == "__main__":
+    main()
