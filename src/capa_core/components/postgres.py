@@ -699,11 +699,12 @@ class PostgresPubSub(PubSubComponent):
         )
         self._jsonb = db.psycopg.types.json.Jsonb
         m, g = db.tables["main"], db.tables["groups"]
+        # One row per group of the topic, or one for the backlog ('') when it has none; the
+        # NOTIFY goes out with the commit.
         self._publish = (
             f"WITH queued AS (INSERT INTO {m} (topic, grp, payload, metadata) "
-            f"SELECT %(topic)s, g.grp, %(payload)s, %(metadata)s FROM ("
-            f"SELECT grp FROM {g} WHERE topic = %(topic)s UNION ALL SELECT '' "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {g} WHERE topic = %(topic)s)) g) "
+            "SELECT %(topic)s, coalesce(g.grp, ''), %(payload)s, %(metadata)s "
+            f"FROM (VALUES (1)) AS one LEFT JOIN {g} g ON g.topic = %(topic)s) "
             "SELECT pg_notify(%(channel)s, %(topic)s)"
         )
         self._take = (
@@ -721,6 +722,7 @@ class PostgresPubSub(PubSubComponent):
             f"FROM {m} WHERE topic = %(topic)s AND grp = %(group)s AND visible_at > now()"
         )
         self._ack = f"DELETE FROM {m} WHERE id = ANY(%s)"
+        self._ack_one = f"DELETE FROM {m} WHERE id = %s"  # the usual case: no array to build
         self._nack = (
             f"WITH later AS (UPDATE {m} SET visible_at = {_EXPIRY} WHERE id = ANY(%s) "
             "RETURNING 1) SELECT pg_notify(%s, %s)"
@@ -811,7 +813,11 @@ class PostgresPubSub(PubSubComponent):
         return [int(i) for i in ids if i.isdigit()]
 
     def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
-        self._db.rowcount(self._ack, (self._ids(ids),))
+        numbers = self._ids(ids)
+        if len(numbers) == 1:
+            self._db.rowcount(self._ack_one, (numbers[0],))
+        elif numbers:
+            self._db.rowcount(self._ack, (numbers,))
 
     def nack(self, topic: str, group: str, ids: Sequence[str], delay: float) -> None:
         self._db.fetchone(self._nack, (delay, self._ids(ids), self._db.channel, topic))
