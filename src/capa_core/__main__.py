@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import Any
 
@@ -218,8 +218,10 @@ def _add_tour(commands: Any) -> None:
 
 # --- the command line -----------------------------------------------------------------------
 
-# Each later subcommand (migrate, demo...) adds one function here that registers its parser.
 SUBCOMMANDS: list[Callable[[Any], None]] = [_add_tour]
+# Layers above capa_core (capa_compat's migrate and demo) add their subcommands through this
+# entry-point group: each entry is a function that registers its parser on the subparsers.
+COMMANDS_GROUP = "capa.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(commands)
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(commands)
     return parser
 
 

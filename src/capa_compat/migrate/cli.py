@@ -253,6 +253,16 @@ def _diff(path: str, before: str, after: str) -> str:
     ))
 
 
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `capa migrate` to the `capa` command (entry point group capa.commands)."""
+    parser = commands.add_parser(
+        "migrate", help="rewrite a legacy app's imports and settings onto capa_compat",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="capa migrate", description=__doc__)
     add_arguments(parser)
