@@ -977,6 +977,8 @@ class SqliteConfiguration(_SqliteComponent, ConfigurationComponent):
 class SqliteLock(_SqliteComponent, LockComponent):
     """Locks are rows (resource, owner, expiry in epoch seconds); an expired row is free."""
 
+    _SWEEP_EVERY = 1024  # lock attempts of this component between deletions of expired rows
+
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
         super().__init__(name, metadata, source=source)
         self._t = t = self._table("locks")
@@ -985,6 +987,7 @@ class SqliteLock(_SqliteComponent, LockComponent):
             "ON CONFLICT (resource_id) DO UPDATE SET owner = excluded.owner, "
             f"expires_at = excluded.expires_at WHERE {t}.expires_at <= ?"
         )
+        self._attempts = 0
 
     def _ddl(self) -> tuple[str, ...]:
         return (
@@ -994,7 +997,11 @@ class SqliteLock(_SqliteComponent, LockComponent):
 
     def try_lock(self, resource_id: str, owner: str, expiry: float) -> bool:
         now = time.time()
-        cur = self._conn().execute(self._sql_take, (resource_id, owner, now + expiry, now))
+        conn = self._conn()
+        cur = conn.execute(self._sql_take, (resource_id, owner, now + expiry, now))
+        self._attempts += 1
+        if self._attempts % self._SWEEP_EVERY == 0:  # rows of resources nobody locks again
+            conn.execute(f"DELETE FROM {self._t} WHERE expires_at <= ?", (now,))
         return cur.rowcount == 1
 
     def unlock(self, resource_id: str, owner: str) -> UnlockStatus:
