@@ -10,7 +10,8 @@ statements itself), on tables of its own made with the components' DDL.
 
 Rows:
 - state get/save, client (JSON): the StateStore API on a JSON value against psycopg plus
-  json.dumps/json.loads, SELECT by key / INSERT ... ON CONFLICT DO UPDATE.
+  json.dumps/json.loads running the same statements: SELECT value, etag and expiry of the live
+  row by key / INSERT ... ON CONFLICT DO UPDATE of value, etag and expiry.
 - state get/save, SPI (bytes): the component on bytes against psycopg on bytes.
 - publish+pull+ack: one message through a group, raw payload (no CloudEvents envelope): capa's
   publish, pull and ack against the INSERT, the FOR UPDATE SKIP LOCKED lease UPDATE ... RETURNING
@@ -102,10 +103,16 @@ def run(url: str, capa_prefix: str, raw_prefix: str, calls: int, rounds: int) ->
     cur = raw.cursor()
     state_t, queue_t = f'"{raw_prefix}state"', f'"{raw_prefix}pubsub_messages"'
 
-    get_sql = f"SELECT value FROM {state_t} WHERE key = %s"
+    # What a hand-written store with ETags and TTLs runs: read the live row with its etag and
+    # expiry, upsert value, a fresh etag and the expiry.
+    get_sql = (
+        f"SELECT value, etag, date_part('epoch', expires_at) FROM {state_t} WHERE key = %s "
+        "AND (expires_at IS NULL OR expires_at > now())"
+    )
     upsert_sql = (
-        f"INSERT INTO {state_t} (key, value, etag) VALUES (%s, %s, %s) ON CONFLICT (key) "
-        "DO UPDATE SET value = EXCLUDED.value, etag = EXCLUDED.etag"
+        f"INSERT INTO {state_t} (key, value, etag, expires_at) VALUES (%s, %s, %s, NULL) "
+        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, etag = EXCLUDED.etag, "
+        "expires_at = EXCLUDED.expires_at"
     )
     encoded = json.dumps(VALUE).encode()
     cur.execute(upsert_sql, ("bench||key", encoded, os.urandom(8).hex()))

@@ -224,6 +224,16 @@ def test_table_name_and_schema_settings(url: str, prefix: str) -> None:
         rt.close()
 
 
+def test_a_table_of_another_layout_is_reported_not_used(url: str, prefix: str) -> None:
+    sql(url, f'CREATE TABLE "{prefix}state" (key text PRIMARY KEY, value jsonb)')
+    rt = runtime_for(url, prefix)
+    try:
+        with pytest.raises(SettingsError, match="without the columns etag, expires_at"):
+            rt.state().get("k")
+    finally:
+        rt.close()
+
+
 def test_secret_password_reaches_the_connection(
     url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

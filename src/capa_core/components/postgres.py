@@ -119,10 +119,10 @@ class _Database:
     def __init__(
         self,
         component: Component,
-        tables: Mapping[str, str],
+        tables: Mapping[str, tuple[str, str]],
         ddl: Callable[[Mapping[str, str]], list[str]],
     ) -> None:
-        """``tables`` maps a role to its default name after the prefix; ``ddl`` makes them."""
+        """``tables``: role -> (default name after the prefix, its columns); ``ddl`` makes them."""
         self.psycopg = _driver(component)
         self.component = component
         self.conninfo = _conninfo(component, self.psycopg)
@@ -133,7 +133,8 @@ class _Database:
             _identifier(component, "table_prefix", prefix)
         main = option("table", str, "", "tableName", "table_name")
         names: dict[str, str] = {}
-        for role, suffix in tables.items():
+        self.columns = {role: frozenset(columns.split()) for role, (_, columns) in tables.items()}
+        for role, (suffix, _) in tables.items():
             name = prefix + suffix
             if main:  # the main table takes the given name; the others derive from it
                 name = main if role == "main" else f"{main}_{suffix.rsplit('_', 1)[-1]}"
@@ -208,15 +209,38 @@ class _Database:
         statements = self._ddl(self.tables)
         if self.schema:
             statements.insert(0, f"CREATE SCHEMA IF NOT EXISTS {self.qualified_schema()}")
-        with pool.connection() as conn, conn.transaction():
-            # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog: serialize.
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s))", ("capa-ddl:" + self.channel,)
-            )
-            for statement in statements:
-                conn.execute(statement)
+        with pool.connection() as conn:
+            try:
+                with conn.transaction():
+                    # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog.
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext(%s))", ("capa-ddl:" + self.channel,)
+                    )
+                    for statement in statements:
+                        conn.execute(statement)
+            except self.psycopg.Error:
+                self._check_columns(conn)
+                raise
+            self._check_columns(conn)
         with _created_lock:
             _created.add(key)
+
+    def _check_columns(self, conn: Any) -> None:
+        """IF NOT EXISTS keeps a table someone else made (say Dapr's own state table): say so
+        now, naming the setting, rather than fail on every query."""
+        for role, table in self.tables.items():
+            try:
+                cursor = conn.execute(f"SELECT * FROM {table} LIMIT 0")
+            except self.psycopg.errors.UndefinedTable:
+                continue
+            missing = sorted(self.columns[role] - {c.name for c in cursor.description})
+            if missing:
+                raise SettingsError(
+                    self.component.source, "table_prefix",
+                    f"table {table} exists without the columns {', '.join(missing)}: it was not "
+                    "made by this component",
+                    "point table_prefix (or tableName) at a new table, or drop the old one",
+                )
 
     def qualified_schema(self) -> str:
         return str(self.psycopg.sql.Identifier(self.schema).as_string(None))
@@ -497,7 +521,9 @@ class PostgresState(StateComponent):
 
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
         super().__init__(name, metadata, source=source)
-        self._db = _Database(self, {"main": "state"}, _state_ddl)
+        self._db = _Database(
+            self, {"main": ("state", "key value etag expires_at")}, _state_ddl
+        )
         self.cleanup_interval = self.option(
             "cleanup_interval", float, 300.0, "cleanupIntervalInSeconds"
         )
@@ -695,7 +721,12 @@ class PostgresPubSub(PubSubComponent):
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
         super().__init__(name, metadata, source=source)
         db = self._db = _Database(
-            self, {"main": "pubsub_messages", "groups": "pubsub_groups"}, _pubsub_ddl
+            self,
+            {
+                "main": ("pubsub_messages", "id topic grp payload metadata attempt visible_at"),
+                "groups": ("pubsub_groups", "topic grp seq"),
+            },
+            _pubsub_ddl,
         )
         self._jsonb = db.psycopg.types.json.Jsonb
         m, g = db.tables["main"], db.tables["groups"]
@@ -857,7 +888,7 @@ class PostgresLock(LockComponent):
 
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
         super().__init__(name, metadata, source=source)
-        self._db = _Database(self, {"main": "locks"}, _lock_ddl)
+        self._db = _Database(self, {"main": ("locks", "resource owner expires_at")}, _lock_ddl)
         t = self._db.tables["main"]
         self._take = (
             f"INSERT INTO {t} AS held (resource, owner, expires_at) VALUES (%s, %s, {_EXPIRY}) "
@@ -927,7 +958,11 @@ class PostgresConfiguration(ConfigurationComponent):
 
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
         super().__init__(name, metadata, source=source)
-        db = self._db = _Database(self, {"main": "configuration"}, _configuration_ddl)
+        db = self._db = _Database(
+            self,
+            {"main": ("configuration", "app_id grp label key content tags metadata")},
+            _configuration_ddl,
+        )
         self._jsonb = db.psycopg.types.json.Jsonb
         t = db.tables["main"]
         columns = "key, content, grp, label, tags, metadata"
