@@ -66,6 +66,9 @@ class _LeaseKeeper:
         self._pubsub = pubsub
         self._held: dict[tuple[str, str], dict[str, float]] = {}
         self._lock = threading.Lock()
+        # Held for a whole renewal round: a release (before an ack or nack) waits for a renewal
+        # in flight, which would otherwise land after a nack and hide the message a whole lease.
+        self._renewing = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -80,25 +83,26 @@ class _LeaseKeeper:
                 self._thread.start()
 
     def release(self, topic: str, group: str, delivery_id: str) -> None:
-        with self._lock:
+        with self._renewing, self._lock:
             held = self._held.get((topic, group))
             if held is not None:
                 held.pop(delivery_id, None)
 
     def _run(self) -> None:
         while not self._closed:
-            with self._lock:
-                snapshot = {tg: dict(ids) for tg, ids in self._held.items() if ids}
+            with self._renewing:
+                with self._lock:
+                    snapshot = {tg: dict(ids) for tg, ids in self._held.items() if ids}
+                for (topic, group), ids in snapshot.items():
+                    try:
+                        self._pubsub.extend(topic, group, list(ids), max(ids.values()))
+                    except Exception:  # a missed renewal is retried next round; never crash
+                        log.exception("could not extend leases on %s/%s", topic, group)
             # Idle, sleep by the client's lease, not the default: a delivery pulled during the
             # sleep must be renewed before its own (possibly short) lease runs out.
             lease = min(
                 (min(ids.values()) for ids in snapshot.values()), default=self._pubsub.lease
             )
-            for (topic, group), ids in snapshot.items():
-                try:
-                    self._pubsub.extend(topic, group, list(ids), max(ids.values()))
-                except Exception:  # a missed renewal is retried next round; never crash
-                    log.exception("could not extend leases on %s/%s", topic, group)
             self._wake.wait(lease / 3)
 
     def close(self) -> None:
