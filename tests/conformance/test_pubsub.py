@@ -475,6 +475,33 @@ class TestPubSubConformance:
         assert [m.data for m in stolen] == [], "a message in the works was handed out again"
         wait_until(lambda: handled == ["warm-up", "slow"], timeout=5)
 
+    def test_a_nack_racing_a_lease_renewal_wins(
+        self, make_runtime: RuntimeFactory, topic: str
+    ) -> None:
+        runtime = make_runtime(lease=1)
+        renewing = threading.Event()
+
+        class SlowRenewal:
+            """Holds every lease renewal up, so a nack lands while one is in flight."""
+
+            def intercept(self, call: Any, proceed: Callable[[], Any]) -> Any:
+                if call.operation == "extend":
+                    renewing.set()
+                    time.sleep(0.2)
+                return proceed()
+
+        runtime.dispatcher.add_interceptor(SlowRenewal())
+        bus = runtime.pubsub(COMPONENT)
+        declare(bus, topic, "g")
+        bus.publish(topic, "x")
+        [message] = pull_n(bus, topic, 1)
+        assert renewing.wait(3)
+        message.nack(delay=0.3)
+        # A renewal finishing after the nack would hide the message for another whole lease.
+        [again] = pull_n(bus, topic, 1, timeout=0.9)
+        assert again.attempt == 2
+        again.ack()
+
     def test_a_pulled_message_in_a_live_process_is_not_handed_out_again(
         self, make_runtime: RuntimeFactory, topic: str
     ) -> None:
