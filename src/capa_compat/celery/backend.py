@@ -21,8 +21,8 @@ from capa_core import Concurrency, ETagMismatch, Feature, StateStore
 
 from ..kombu import runtimes
 
-_FIRST_POLL = 0.002  # seconds; polls back off from here up to the caller's interval
-_BACKOFF = 1.5
+_FIRST_POLL = 0.001  # seconds; polls back off from here up to the caller's interval
+_BACKOFF = 1.25
 _CAS_ATTEMPTS = 10_000
 
 
