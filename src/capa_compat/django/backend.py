@@ -214,6 +214,12 @@ class CapaCache(BaseCache):
         self._culling = "max_entries" in params or "MAX_ENTRIES" in options
         self._clear_prefix: str | None = options.get("CLEAR_PREFIX")
         self._store = _state_store(self.location, options)
+        # Django's set is last-write. A store made here from a URL writes last-write by default,
+        # so its writes can leave the concurrency to the store (cheaper per call); a configured
+        # component may default to first-write, so writes to it say last-write explicitly.
+        component = options.get("COMPONENT") or {}
+        made_here = "://" in self.location and "concurrency" not in component
+        self._last_write = None if made_here else _LAST
 
     @property
     def store(self) -> StateStore:
@@ -295,7 +301,7 @@ class CapaCache(BaseCache):
             return
         if self._culling:
             self._cull()
-        self._store.save(key, data, ttl=ttl, concurrency=_LAST)
+        self._store.save(key, data, ttl=ttl, concurrency=self._last_write)
 
     def _touch(self, key: str, ttl: float | None) -> bool:
         for attempt in range(_CAS_ATTEMPTS):
@@ -336,7 +342,8 @@ class CapaCache(BaseCache):
         if self._culling:
             self._cull()
         entries = [
-            Upsert(key, data, ttl=ttl, concurrency=_LAST) for key, (_, data) in made.items()
+            Upsert(key, data, ttl=ttl, concurrency=self._last_write)
+            for key, (_, data) in made.items()
         ]
         try:
             self._store.bulk_save(entries)
