@@ -32,7 +32,7 @@ from django.core.cache.backends.base import (
     InvalidCacheBackendError,
     InvalidCacheKey,
 )
-from django.test.signals import setting_changed
+from django.core.signals import setting_changed
 from django.utils.connection import ConnectionProxy
 from django.utils.module_loading import import_string
 
