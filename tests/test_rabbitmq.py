@@ -303,7 +303,7 @@ def test_close_releases_the_thread_and_later_acks_are_harmless(exchange: str) ->
     made.ensure_group("t", "g")
     made.publish("t", b"x", {})
     [delivery] = made.pull("t", "g", 1, 2.0, 30)
-    thread = made._broker().thread
+    thread = made._broker().runner._helper
     made.close()
     assert not thread.is_alive()
     made.ack("t", "g", [delivery.id])  # nothing to ack on: no error, no new connection

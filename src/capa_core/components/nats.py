@@ -27,10 +27,14 @@ Pulling. A pull first asks for up to ``max_messages`` without waiting; when noth
 waits up to ``timeout`` for one message, then takes whatever else is ready. So no pull request is
 left behind on the server to swallow messages after the call returned.
 
-Threading. nats-py is asyncio: the component runs a private event loop in a daemon thread that
-owns the connection; calls from any thread are bridged with run_coroutine_threadsafe. nats-py
-reconnects by itself; calls that fail meanwhile raise a transient error (retried by the dispatch
-point, then ComponentUnavailable).
+Threading. nats-py is asyncio: the connection lives on a private event loop owned by the
+component. A calling thread that finds the loop idle runs it for the length of its call; one that
+finds it busy hands its coroutine over and waits; a daemon helper thread of the component runs
+the loop for handed-over work and, between calls, turns it over every few milliseconds for pings
+and timers (capa_core/components/_eventloop.py; a plain loop thread bridged with
+run_coroutine_threadsafe costs two thread switches per call, which a busy machine makes
+expensive). nats-py reconnects by itself; calls that fail meanwhile raise a transient error
+(retried by the dispatch point, then ComponentUnavailable).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import CapaError, SettingsError
 from ..spi import PubSubComponent
 from ..types import Delivery
+from ._eventloop import PrivateLoop
 
 log = logging.getLogger("capa_core.nats")
 
@@ -307,63 +312,24 @@ class _Link:
     def __init__(self, owner: NatsPubSub) -> None:
         self.owner = owner
         self.stream = owner.stream
-        self.loop = asyncio.new_event_loop()
+        self.runner = PrivateLoop(f"capa-nats-{owner.name}", NatsUnavailable)
+        self.loop = self.runner.loop
         self.client: Any = None
         self.jetstream: Any = None
         self.stream_ready = False
         self.closing = False
-        self.settles: list[tuple[str, bytes]] = []
-        self.settle_lock = threading.Lock()
-        self.settle_scheduled = False
-        self.settling: set[asyncio.Task[None]] = set()
         self.last_error: Exception | None = None
         self.groups: dict[tuple[str, str], str] = {}  # (topic, group) -> consumer name
         self.ack_waits: dict[str, float] = {}  # consumer name -> ack_wait known to be set
         self.connect_lock: asyncio.Lock | None = None
         self.topology_lock: asyncio.Lock | None = None
-        self.thread = threading.Thread(
-            target=self._run_loop, name=f"capa-nats-{owner.name}", daemon=True
-        )
-        self.thread.start()
         self.run(self._start(), 10.0)
 
     # --- crossing threads ---------------------------------------------------------------------
 
-    def _run_loop(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run ``coroutine`` on the I/O thread and wait for its result.
-
-        A bare lock is the cheapest way to wake the caller (run_coroutine_threadsafe costs
-        twice as much per call, which shows on calls that take a fraction of a millisecond).
-        """
-        finished = threading.Lock()
-        finished.acquire()
-        started: list[asyncio.Task[T]] = []
-
-        def done(task: asyncio.Task[T]) -> None:
-            if not task.cancelled():
-                task.exception()  # retrieved here too, in case the caller gave up waiting
-            finished.release()
-
-        def start() -> None:
-            task = self.loop.create_task(coroutine)
-            started.append(task)
-            task.add_done_callback(done)
-
-        try:
-            self.loop.call_soon_threadsafe(start)
-        except RuntimeError:  # the loop is closed
-            coroutine.close()
-            raise NatsUnavailable("the component is closed") from None
-        if not finished.acquire(timeout=timeout):
-            self.loop.call_soon_threadsafe(lambda: started and started[0].cancel())
-            raise NatsUnavailable(
-                f"NATS at {self.owner.address} did not answer within {timeout:.0f} s"
-            )
-        return started[0].result()
+        """Run ``coroutine`` on the connection's loop and wait for its result."""
+        return self.runner.run(coroutine, timeout)
 
     async def _start(self) -> None:
         self.connect_lock = asyncio.Lock()
@@ -639,37 +605,20 @@ class _Link:
         ]
 
     def settle_soon(self, ids: list[str], payload: bytes) -> None:
-        """Queue acks, naks or progress for the I/O thread without waiting for it.
+        """Send acks, naks or progress; without waiting when another thread runs the loop.
 
-        JetStream does not answer acks, so the caller need not wait for the thread; a burst of
-        settlements wakes it once, and close() flushes what is queued.
+        JetStream does not answer them; calls made later (a pull, close) run after them on the
+        loop, so they still go out first.
         """
-        with self.settle_lock:
-            self.settles.extend((reply, payload) for reply in ids)
-            if self.settle_scheduled:
-                return
-            self.settle_scheduled = True
-        with contextlib.suppress(RuntimeError):  # the loop is closed: they come back by lease
-            self.loop.call_soon_threadsafe(self._settle_queued)
+        self.runner.post(self._settle(ids, payload))
 
-    def _settle_queued(self) -> None:
-        with self.settle_lock:
-            queued, self.settles = self.settles, []
-            self.settle_scheduled = False
+    async def _settle(self, ids: list[str], payload: bytes) -> None:
         client = self.client
-        if client is None or client.is_closed or not queued:
+        if client is None or client.is_closed:
             return  # the deliveries come back after their lease
-
-        async def send() -> None:
-            try:
-                for reply, payload in queued:
-                    await client.publish(reply, payload)
-            except Exception as exc:
-                log.warning("could not settle %d NATS deliveries: %s", len(queued), exc)
-
-        task = self.loop.create_task(send())
-        self.settling.add(task)
-        task.add_done_callback(self.settling.discard)
+        for reply in ids:
+            await client.publish(reply, payload)
+        await asyncio.sleep(0)  # one more turn of the loop lets the flusher write them out
 
     async def purge(self, topic: str, group: str) -> int:
         durable = await self.ensure_group(topic, group)
@@ -693,9 +642,6 @@ class _Link:
 
     async def _shutdown(self) -> None:
         self.closing = True
-        self._settle_queued()
-        if self.settling:
-            await asyncio.wait(self.settling, timeout=5)
         client, self.client = self.client, None
         if client is not None and not client.is_closed:
             try:
@@ -708,22 +654,7 @@ class _Link:
     def close(self) -> None:
         try:
             self.run(self._shutdown(), 10.0)
-        except Exception:
+        except Exception:  # closing must not fail: the loop goes away regardless
             log.exception("closing the NATS connection failed")
         finally:
-            tasks = asyncio.run_coroutine_threadsafe(_cancel_tasks(), self.loop)
-            with contextlib.suppress(Exception):
-                tasks.result(5)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-            if not self.thread.is_alive():
-                self.loop.close()
-
-
-async def _cancel_tasks() -> None:
-    current = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not current]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=2)
+            self.runner.close()

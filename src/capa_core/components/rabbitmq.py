@@ -14,10 +14,15 @@ the broker confirmed it holds the message. Group G of T is the durable quorum qu
 ``<exchange>:T:G`` bound with key T; quorum queues count redeliveries in ``x-delivery-count``,
 which gives Delivery.attempt.
 
-Threading. pika connections are not thread-safe, so each component owns one daemon thread that
-runs pika's asyncio adapter on a private event loop and holds the only connection. Calling threads
-hand it coroutines (run_coroutine_threadsafe) and wait for their results. Delivery tags belong to
-a channel, so every delivery in hand is acked, nacked and timed on that thread.
+Threading. pika connections are not thread-safe, so each component keeps its one connection on
+a private asyncio event loop (pika's asyncio adapter) owned by the component, and only that loop
+touches it. A calling thread that finds the loop idle runs it for the length of its call; one
+that finds it busy hands its coroutine over and waits; a daemon helper thread of the component
+runs the loop for handed-over work and, between calls, turns it over every few milliseconds for
+timers and heartbeats (capa_core/components/_eventloop.py: a plain loop thread with
+run_coroutine_threadsafe costs two thread switches per call, which a busy machine makes
+expensive). Delivery tags belong to a channel, so every delivery in hand is acked, nacked and timed
+on that loop.
 
 Pulling. Each pull registers its own consumer with a prefetch of ``max_messages``, takes what the
 broker pushes (waiting up to ``timeout`` for the first message), then cancels the consumer and
@@ -64,6 +69,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import CapaError, SettingsError
 from ..spi import PubSubComponent
 from ..types import Delivery
+from ._eventloop import PrivateLoop
 
 log = logging.getLogger("capa_core.rabbitmq")
 
@@ -409,7 +415,8 @@ class _Link:
         self.holding_arguments = {"x-queue-type": "classic", **expires}
         # Exchanges go when their last queue does, when queues expire (test runs, mostly).
         self.auto_delete = owner.queue_expiry is not None
-        self.loop = asyncio.new_event_loop()
+        self.runner = PrivateLoop(f"capa-rabbitmq-{owner.name}", RabbitMQUnavailable)
+        self.loop = self.runner.loop
         self.connection: Any = None
         self.control: _Channel | None = None  # declarations, backlog moves, purges
         self.publisher: _Channel | None = None  # confirm mode
@@ -425,102 +432,28 @@ class _Link:
         self.topology_lock: asyncio.Lock | None = None
         self.open_lock: asyncio.Lock | None = None
         self.maintainer: asyncio.Task[None] | None = None
-        self.settles: list[tuple[str, str, list[str], str, float]] = []
-        self.settle_lock = threading.Lock()
-        self.settle_scheduled = False
-        self.thread = threading.Thread(
-            target=self._run_loop, name=f"capa-rabbitmq-{owner.name}", daemon=True
-        )
-        self.thread.start()
-        self.call(self._start)
+        self.run(self._start(), 10.0)
 
     # --- crossing threads ---------------------------------------------------------------------
 
-    def _run_loop(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run ``coroutine`` on the I/O thread and wait for its result.
-
-        A bare lock is the cheapest way to wake the caller (run_coroutine_threadsafe costs
-        twice as much per call, which shows on calls that take a fraction of a millisecond).
-        """
-        finished = threading.Lock()
-        finished.acquire()
-        started: list[asyncio.Task[T]] = []
-
-        def done(task: asyncio.Task[T]) -> None:
-            if not task.cancelled():
-                task.exception()  # retrieved here too, in case the caller gave up waiting
-            finished.release()
-
-        def start() -> None:
-            task = self.loop.create_task(coroutine)
-            started.append(task)
-            task.add_done_callback(done)
-
-        try:
-            self.loop.call_soon_threadsafe(start)
-        except RuntimeError:  # the loop is closed
-            coroutine.close()
-            raise RabbitMQUnavailable("the component is closed") from None
-        if not finished.acquire(timeout=timeout):
-            self.loop.call_soon_threadsafe(lambda: started and started[0].cancel())
-            raise RabbitMQUnavailable(
-                f"RabbitMQ at {self.owner.address} did not answer within {timeout:.0f} s"
-            )
-        return started[0].result()
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a plain function on the I/O thread and wait for its result."""
-        finished = threading.Lock()
-        finished.acquire()
-        outcome: list[tuple[bool, Any]] = []
-
-        def invoke() -> None:
-            try:
-                outcome.append((True, fn(*args)))
-            except BaseException as exc:
-                outcome.append((False, exc))
-            finally:
-                finished.release()
-
-        try:
-            self.loop.call_soon_threadsafe(invoke)
-        except RuntimeError:  # the loop is closed
-            raise RabbitMQUnavailable("the component is closed") from None
-        if not finished.acquire(timeout=30):
-            raise RabbitMQUnavailable("the I/O thread of the component does not answer")
-        ok, value = outcome[0]
-        if not ok:
-            raise value
-        result: T = value
-        return result
+        """Run ``coroutine`` on the connection's loop and wait for its result."""
+        return self.runner.run(coroutine, timeout)
 
     def settle_soon(self, topic: str, group: str, ids: list[str], how: str, seconds: float) -> None:
-        """Queue acks, nacks or extensions for the I/O thread without waiting for it.
+        """ack, nack or extend without waiting when another thread runs the loop.
 
-        Acks need no answer from the broker, so the caller need not wait for the thread; calls
-        made later (a pull, close) are queued behind them, so they still go out first. A burst
-        of settlements wakes the thread once.
+        Acks need no answer from the broker; calls made later (a pull, close) run after them on
+        the loop, so they still go out first.
         """
-        with self.settle_lock:
-            self.settles.append((topic, group, ids, how, seconds))
-            if self.settle_scheduled:
-                return
-            self.settle_scheduled = True
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to settle
-            self.loop.call_soon_threadsafe(self._settle_queued)
+        self.runner.post(self._settle(topic, group, ids, how, seconds))
 
-    def _settle_queued(self) -> None:
-        with self.settle_lock:
-            queued, self.settles = self.settles, []
-            self.settle_scheduled = False
-        for item in queued:
-            self.settle(*item)
+    async def _settle(self, topic: str, group: str, ids: list[str], how: str,
+                      seconds: float) -> None:
+        self.settle(topic, group, ids, how, seconds)
+        await asyncio.sleep(0)  # one more turn of the loop writes the frames out
 
-    def _start(self) -> None:
+    async def _start(self) -> None:
         self.state = asyncio.Condition()
         self.topology_lock = asyncio.Lock()
         self.open_lock = asyncio.Lock()
@@ -1072,23 +1005,7 @@ class _Link:
     def close(self) -> None:
         try:
             self.run(self._shutdown(), 10.0)
-        except Exception:  # closing must not fail: the thread goes away regardless
+        except Exception:  # closing must not fail: the loop goes away regardless
             log.exception("closing the RabbitMQ connection failed")
         finally:
-            tasks = asyncio.run_coroutine_threadsafe(_cancel_tasks(), self.loop)
-            with contextlib.suppress(Exception):
-                tasks.result(5)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-            if not self.thread.is_alive():
-                self.loop.close()
-
-
-async def _cancel_tasks() -> None:
-    current = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not current]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=2)
-
+            self.runner.close()
