@@ -254,8 +254,12 @@ def test_a_store_down_later_keeps_the_last_values(
             runtime.close()
 
 
-def test_flask_dynaconf_reads_capa_live(files: Path, memory_runtime: Runtime) -> None:
+def test_flask_dynaconf_reads_capa_live(
+    files: Path, memory_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     flask = pytest.importorskip("flask")
+    # FlaskDynaconf rebinds dynaconf.settings, as upstream's does: put it back afterwards.
+    monkeypatch.setattr(dynaconf, "settings", dynaconf.settings)
     store = memory_runtime.configuration()
     store.save({"GREETING": "hello"}, label="development")
     app = flask.Flask(__name__)
