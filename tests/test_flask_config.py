@@ -58,6 +58,11 @@ def runtimes(tmp_path: Path, unique: str) -> Iterator[Callable[[str], Runtime]]:
         return made[-1]
 
     yield make
+    if made:  # leave nothing behind in a shared store
+        store = made[0].configuration("app")
+        keys = [item.key for item in store.get()]
+        if keys:
+            store.delete(keys)
     for runtime in made:
         runtime.close()
 

@@ -330,8 +330,12 @@ class CapaCache(BaseCache):
     def _get_many(self, made: Mapping[str, Any]) -> dict[Any, Any]:
         if not made:
             return {}
-        items = self._store.bulk_get(list(made))
-        return {made[i.key]: self._loads(i.value, i.key) for i in items if i is not None}
+        loads = self._loads
+        return {
+            made[i.key]: loads(i.value, i.key)
+            for i in self._store.bulk_get(list(made))
+            if i is not None
+        }
 
     def _set_many(self, made: Mapping[str, tuple[Any, Any]], ttl: float | None) -> list[Any]:
         if not made:
@@ -397,8 +401,17 @@ class CapaCache(BaseCache):
         return self._loads(item.value, key)
 
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):  # type: ignore[no-untyped-def]
+        # _set() inlined: set is the hot path of a cache.
         key = self.make_and_validate_key(key, version=version)
-        self._set(key, self._dumps(value), self._ttl(timeout))
+        data = self._dumps(value)
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        if timeout is not None and timeout <= 0:
+            self._store.delete(key)
+            return
+        if self._culling:
+            self._cull()
+        self._store.save(key, data, ttl=timeout, concurrency=self._last_write)
 
     def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):  # type: ignore[no-untyped-def]
         key = self.make_and_validate_key(key, version=version)
