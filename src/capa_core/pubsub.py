@@ -70,6 +70,7 @@ class _LeaseKeeper:
         # in flight, which would otherwise land after a nack and hide the message a whole lease.
         self._renewing = threading.Lock()
         self._wake = threading.Event()
+        self._interval = float("inf")  # how long the keeper sleeps now, under self._lock
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -81,6 +82,8 @@ class _LeaseKeeper:
                     target=self._run, name=f"capa-lease-{self._pubsub.name}", daemon=True
                 )
                 self._thread.start()
+            elif lease / 3 < self._interval:
+                self._wake.set()  # asleep for longer than this lease lasts: renew now
 
     def release(self, topic: str, group: str, delivery_id: str) -> None:
         with self._renewing, self._lock:
@@ -98,12 +101,15 @@ class _LeaseKeeper:
                         self._pubsub.extend(topic, group, list(ids), max(ids.values()))
                     except Exception:  # a missed renewal is retried next round; never crash
                         log.exception("could not extend leases on %s/%s", topic, group)
-            # Idle, sleep by the client's lease, not the default: a delivery pulled during the
-            # sleep must be renewed before its own (possibly short) lease runs out.
-            lease = min(
-                (min(ids.values()) for ids in snapshot.values()), default=self._pubsub.lease
-            )
-            self._wake.wait(lease / 3)
+            # Sleep a third of the shortest lease held now (idle: of the client's lease); a
+            # hold with a shorter lease meanwhile wakes the keeper early.
+            with self._lock:
+                self._interval = min(
+                    (min(ids.values()) for ids in self._held.values() if ids),
+                    default=self._pubsub.lease,
+                ) / 3
+            self._wake.wait(self._interval)
+            self._wake.clear()
 
     def close(self) -> None:
         self._closed = True
