@@ -475,6 +475,31 @@ class TestPubSubConformance:
         assert [m.data for m in stolen] == [], "a message in the works was handed out again"
         wait_until(lambda: handled == ["warm-up", "slow"], timeout=5)
 
+    def test_a_delivery_held_with_its_own_shorter_lease_is_renewed_in_time(
+        self, make_runtime: RuntimeFactory, topic: str
+    ) -> None:
+        # As the kombu transport does: pull deliveries with a lease (visibility timeout) of
+        # its own, shorter than the client's, and hand them to the lease keeper.
+        bus = make_runtime(lease=30).pubsub(COMPONENT)
+        declare(bus, topic, "g")
+        bus.publish(topic, "warm-up")
+        [warm] = pull_n(bus, topic, 1)
+        warm.ack()  # the keeper now sleeps a third of the client's 30 s lease
+        bus.publish(topic, "short")
+        deliveries: list[Any] = []
+        deadline = time.monotonic() + 5
+        while not deliveries and time.monotonic() < deadline:
+            deliveries = bus.pull_deliveries(topic, "g", 1, 1.0, 1.0)
+        [delivery] = deliveries
+        bus.lease_keeper.hold(topic, "g", delivery.id, 1.0)
+        other = make_runtime(lease=30).pubsub(COMPONENT)
+        stolen = other.pull(topic, group="g", timeout=2.0)
+        for message in stolen:
+            message.ack()
+        bus.lease_keeper.release(topic, "g", delivery.id)
+        bus.ack_deliveries(topic, "g", [delivery.id])
+        assert stolen == [], "the keeper slept through a 1 s lease"
+
     def test_a_nack_racing_a_lease_renewal_wins(
         self, make_runtime: RuntimeFactory, topic: str
     ) -> None:
