@@ -227,6 +227,15 @@ def test_a_lease_running_out_in_a_live_process_requeues_with_one_attempt_more(
     assert bus.pull("t", "g", 1, 0.8, 5) == []
 
 
+def test_a_pull_that_does_not_wait_takes_what_is_ready(bus: RabbitMQPubSub) -> None:
+    bus.ensure_group("t", "g")
+    for n in range(5):
+        bus.publish("t", str(n).encode(), {})
+    assert [d.data for d in bus.pull("t", "g", 3, 0, 5)] == [b"0", b"1", b"2"]
+    assert [d.data for d in bus.pull("t", "g", 10, 0, 5)] == [b"3", b"4"]
+    assert bus.pull("t", "g", 10, 0, 5) == []
+
+
 def test_nack_with_delay_and_purge(bus: RabbitMQPubSub) -> None:
     bus.ensure_group("t", "g")
     bus.publish("t", b"x", {})

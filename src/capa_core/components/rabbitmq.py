@@ -77,6 +77,7 @@ T = TypeVar("T")
 
 _NAME_LIMIT = 255  # AMQP short strings: queue, exchange names and routing keys
 _DELIVERY_COUNT = "x-delivery-count"
+_MAX_PREFETCH = 65_535  # basic.qos takes a 16-bit count
 
 
 class RabbitMQUnavailable(ConnectionError):
@@ -875,6 +876,35 @@ class _Link:
         if feed is None:
             feed = self.feeds[(topic, group)] = _Feed(self._queue(topic, group))
         channel = await self._feed_channel(feed)
+        max_messages = min(max_messages, _MAX_PREFETCH)
+        if timeout > 0:
+            got = await self._consume(feed, channel, max_messages, timeout)
+        else:
+            got = await self._take_ready(feed, channel, max_messages)
+        return [self._hand_out(feed, channel, lease, *message) for message in got]
+
+    async def _take_ready(
+        self, feed: _Feed, channel: _Channel, max_messages: int
+    ) -> list[tuple[Any, Any, bytes]]:
+        """Up to ``max_messages`` of what is ready now, without waiting."""
+        # basic.get, not a consumer: one cancelled at once may see nothing of a full queue.
+        got: list[tuple[Any, Any, bytes]] = []
+        try:
+            async with feed.consume_lock:  # one basic.get at a time on a channel
+                while len(got) < max_messages and (message := await self._get(channel,
+                                                                              feed.queue)):
+                    got.append(message)
+        except BaseException:
+            if channel.usable:
+                for method, _, _ in got:
+                    channel.channel.basic_nack(method.delivery_tag, requeue=True)
+            raise
+        return got
+
+    async def _consume(
+        self, feed: _Feed, channel: _Channel, max_messages: int, timeout: float
+    ) -> list[tuple[Any, Any, bytes]]:
+        """A consumer for this pull only: up to ``max_messages``, waiting up to ``timeout``."""
         raw = channel.channel
         got: list[tuple[Any, Any, bytes]] = []
         arrived: asyncio.Future[None] = channel.watch(self.loop.create_future())
@@ -920,7 +950,7 @@ class _Link:
         finally:
             if not arrived.done():
                 arrived.cancel()
-        return [self._hand_out(feed, channel, lease, *message) for message in got]
+        return got
 
     async def _cancel(self, channel: _Channel, consumer_tag: str) -> None:
         """Cancel a consumer, keeping the messages that arrive before cancel-ok.
