@@ -16,8 +16,9 @@ Rows:
 - publish+pull+ack: one message through a group, raw payload (no CloudEvents envelope): capa's
   publish, pull and ack against the INSERT, the FOR UPDATE SKIP LOCKED lease UPDATE ... RETURNING
   and the DELETE a hand-written queue runs (it neither fans out to groups nor sends NOTIFY to wake
-  waiting consumers, which capa's publish does); then the same with ten messages a batch, and
-  with the CloudEvents envelope the API adds by default, for information.
+  waiting consumers, which capa's publish does); the same on the component on bytes (SPI); with
+  ten messages a batch; and with the CloudEvents envelope the API adds by default, for
+  information.
 
 The tables (prefix bench_<random>_) are dropped at the end. Every write commits on both sides, so
 writes mostly measure the disk's fsync; --synchronous-commit off (for both sides) leaves the
@@ -152,18 +153,26 @@ def run(url: str, capa_prefix: str, raw_prefix: str, calls: int, rounds: int) ->
     delete_sql = f"DELETE FROM {queue_t} WHERE id = %s"
     headers = {"content-type": "application/json"}
 
-    def raw_round_trip(batch: int) -> Callable[[], object]:
+    def raw_round_trip(batch: int, codec: bool = True) -> Callable[[], object]:
         def round_trip() -> object:
             for _ in range(batch):
-                cur.execute(insert_sql, (json.dumps(VALUE).encode(), Jsonb(headers)))
+                data = json.dumps(VALUE).encode() if codec else encoded
+                cur.execute(insert_sql, (data, Jsonb(headers)))
             rows = cur.execute(take_sql, (batch, LEASE)).fetchall()
             assert len(rows) == batch
             for row in rows:
-                json.loads(row[1])
+                if codec:
+                    json.loads(row[1])
                 cur.execute(delete_sql, (row[0],))
             return rows
 
         return round_trip
+
+    def spi_round_trip() -> object:
+        pubsub_component.publish("orders", encoded, headers)
+        [delivery] = pubsub_component.pull("orders", "billing", 1, 0, LEASE)
+        pubsub_component.ack("orders", "billing", [delivery.id])
+        return delivery
 
     bus.pull("orders", group="billing", timeout=0)  # the group exists before timing
 
@@ -188,6 +197,8 @@ def run(url: str, capa_prefix: str, raw_prefix: str, calls: int, rounds: int) ->
         ("state save, SPI (bytes)", lambda: state_component.set(spi_request), raw_save_bytes,
          calls // 4),
         ("publish+pull+ack x1, raw payload", capa_round_trip(1, True), raw_round_trip(1),
+         max(1, calls // 10)),
+        ("publish+pull+ack x1, SPI (bytes)", spi_round_trip, raw_round_trip(1, codec=False),
          max(1, calls // 10)),
         ("publish+pull+ack x10, raw payload", capa_round_trip(10, True), raw_round_trip(10),
          max(1, calls // 100)),
@@ -217,7 +228,6 @@ def run(url: str, capa_prefix: str, raw_prefix: str, calls: int, rounds: int) ->
     cur.close()
     raw.close()
     runtime.close()
-    del pubsub_component
 
 
 if __name__ == "__main__":

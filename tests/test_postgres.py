@@ -142,7 +142,9 @@ def test_dapr_connection_string_table_name_schema_and_timeout() -> None:
     assert state._db.tables["main"] == '"shop"."orders_state"'
     assert state._db.max_size == 3
     pubsub = make("PostgresPubSub", url="postgresql://127.0.0.1/test", tableName="events")
-    assert pubsub._db.tables == {"main": '"events"', "groups": '"events_groups"'}
+    assert pubsub._db.tables == {
+        "main": '"events"', "groups": '"events_groups"', "waits": '"events_waits"'
+    }
     lock = make("PostgresLock", url="postgresql://127.0.0.1/test", tablePrefix="svc_")
     assert lock._db.tables == {"main": '"svc_locks"'}
 
@@ -205,7 +207,10 @@ def test_tables_appear_on_first_use_named_by_prefix(url: str, prefix: str) -> No
         rt.configuration().save({"k": "v"})
         assert tables(url, prefix) == sorted(
             f"public.{prefix}{name}"
-            for name in ("configuration", "locks", "pubsub_groups", "pubsub_messages", "state")
+            for name in (
+                "configuration", "locks", "pubsub_groups", "pubsub_messages", "pubsub_waits",
+                "state",
+            )
         )
     finally:
         rt.close()
@@ -387,6 +392,29 @@ def test_an_idle_pull_blocks_instead_of_polling(url: str, prefix: str, unique: s
         assert bus.pull(topic, group="g", timeout=1.5) == []
         assert 1.4 < time.monotonic() - started < 3
         assert calls <= 2, f"{calls} queue queries in 1.5 s of waiting"
+    finally:
+        rt.close()
+
+
+def test_publishing_notifies_only_while_someone_waits_on_the_topic(
+    url: str, prefix: str, unique: str
+) -> None:
+    import psycopg
+
+    rt = runtime_for(url, prefix)
+    bus = rt.pubsub()
+    quiet, waited = f"quiet-{unique}", f"waited-{unique}"
+    try:
+        bus.publish(quiet, 0)  # creates the tables before anyone listens
+        with psycopg.connect(url, autocommit=True) as spy:
+            spy.execute(f'LISTEN "{prefix}pubsub_messages"')
+            bus.pull(quiet, group="g", timeout=0)  # a pull that does not wait leaves no mark
+            bus.publish(quiet, 1)
+            assert [n.payload for n in spy.notifies(timeout=0.3)] == []
+            assert bus.pull(waited, group="g", timeout=0.1) == []  # this one waited
+            bus.publish(waited, 2)
+            bus.publish(quiet, 3)
+            assert [n.payload for n in spy.notifies(timeout=0.3)] == [waited]
     finally:
         rt.close()
 
