@@ -413,14 +413,17 @@ class SqliteState(_SqliteComponent, StateComponent):
         )
 
     def get(self, key: str) -> StoredValue | None:
-        conn = self._conn()
+        conn = self._local.conn  # _conn() inlined: this is the hottest path of the module
+        if conn is None or not self._ready:
+            conn = self._prepare()
         row = conn.execute(self._sql_get, (key,)).fetchone()
         if row is None:
             return None
-        expires_at = row[2]
-        if expires_at is not None and expires_at <= time.time():
+        if row[2] is not None and row[2] <= time.time():
             return None  # deleted later by a writer's sweep (_count_writes): reads never write
-        return StoredValue(row[0], row[1], expires_at)
+        # The row is (value, etag, expires_at) already: reuse it without copying its fields.
+        stored: StoredValue = tuple.__new__(StoredValue, row)
+        return stored
 
     def bulk_get(self, keys: Sequence[str]) -> list[StoredValue | None]:
         conn = self._conn()
