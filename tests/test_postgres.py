@@ -278,6 +278,42 @@ def test_two_app_ids_on_one_database_do_not_see_each_other(url: str, prefix: str
         two.close()
 
 
+def test_more_threads_than_connections_with_etag_retries_lose_no_update(
+    url: str, prefix: str
+) -> None:
+    from capa_core.errors import ETagMismatch
+
+    rt = runtime_for(url, prefix, pool_max_size=2)
+    store = rt.state()
+    store.save("counter", 0)
+    failures: list[BaseException] = []
+
+    def increment(times: int) -> None:
+        try:
+            for _ in range(times):
+                for _attempt in range(200):
+                    item = store.get("counter")
+                    assert item is not None
+                    try:
+                        store.save("counter", item.value + 1, etag=item.etag)
+                        break
+                    except ETagMismatch:
+                        continue
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=increment, args=(20,)) for _ in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not failures, failures
+        assert store.get_value("counter") == 120
+    finally:
+        rt.close()
+
+
 def test_expired_rows_are_invisible_then_purged(url: str, prefix: str) -> None:
     rt = runtime_for(url, prefix, cleanup_interval=1)
     try:
