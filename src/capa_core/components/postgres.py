@@ -12,10 +12,17 @@ named ``<table_prefix><role>`` (default prefix ``capa_``; ``tableName`` names th
   real ones, bulk reads are one query. Features: ETAG, TTL, TRANSACTIONAL, KEYS.
 - pub/sub: one queue table per component; a message is copied to every group of its topic when
   published (a topic without groups keeps it for its first group), taken with
-  ``FOR UPDATE SKIP LOCKED`` under a lease, and a waiting pull is woken by LISTEN/NOTIFY.
+  ``FOR UPDATE SKIP LOCKED`` under a lease (nack and extend move the lease end), and a waiting
+  pull is woken by LISTEN/NOTIFY, sent only while someone waits on the topic.
 - lock: a lease table written with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``.
 - configuration: a table keyed by (app_id, group, label, key); changes are sent with NOTIFY in
   the writing transaction, so watchers in every process see them.
+
+Other settings: ``pool_min_size`` (1), ``pool_max_size`` / ``maxConns`` (8), ``pool_timeout``
+(5 s), ``connect_timeout`` (5 s), ``timeout`` / ``timeoutInSeconds`` (statement timeout),
+``cleanup_interval`` / ``cleanupIntervalInSeconds`` (300 s, state). Lost connections are retried
+by the dispatch point on fresh ones; LISTEN connections reconnect by themselves; a forked child
+opens its own connections.
 """
 
 from __future__ import annotations
