@@ -38,7 +38,7 @@ def archive(distribution: str, version: str) -> Path:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:",
-             "--no-deps", "--no-build-isolation", f"{distribution}=={version}", "-d", tmp],
+             "--no-deps", f"{distribution}=={version}", "-d", tmp],
             check=True, timeout=600,
         )
         downloaded = next(Path(tmp).glob("*.tar.gz"))
