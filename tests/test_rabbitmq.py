@@ -26,7 +26,7 @@ from capa_core.errors import ComponentUnavailable, SettingsError
 from capa_core.registry import resolve, type_for_url
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
-EXPIRY = 300  # seconds: the broker deletes a test's queues this long after their last use
+EXPIRY = 60  # seconds: the broker deletes a test's queues this long after their last use
 
 
 def component(exchange: str, **metadata: Any) -> RabbitMQPubSub:

@@ -4,7 +4,7 @@ URL ``amqp://user:password@host:5672/vhost`` (``amqps://`` for TLS; ``//`` or no
 vhost ``/``), or Dapr's metadata ``connectionString`` (or ``host``), or ``hostname``, ``port``,
 ``username``, ``password``, ``vhost``. Other metadata: ``exchange`` (default
 ``capa.<component name>``), ``reconnectWait`` (longest pause between reconnection attempts,
-default 2 s), ``connectTimeout`` (how long a call waits for the broker to come back, default 5 s),
+default 2 s), ``connectTimeout`` (how long a call waits for the broker to answer, default 10 s),
 ``publishTimeout`` (how long publish() waits for the broker's confirm, default 30 s) and
 ``queueExpiry`` (seconds an unused queue lives before the broker deletes it; unset: forever).
 
@@ -145,7 +145,7 @@ class RabbitMQPubSub(PubSubComponent):
                 "use a name of 1 to 200 bytes",
             )
         self.reconnect_wait = self.option("reconnectWait", _seconds, 2.0)
-        self.connect_timeout = self.option("connectTimeout", _seconds, 5.0)
+        self.connect_timeout = self.option("connectTimeout", _seconds, 10.0)
         self.publish_timeout = self.option("publishTimeout", _seconds, 30.0)
         expiry: float | None = self.option("queueExpiry", _seconds, None)
         self.queue_expiry = expiry
