@@ -254,34 +254,50 @@ class _Database:
     def qualified_schema(self) -> str:
         return str(self.psycopg.sql.Identifier(self.schema).as_string(None))
 
-    # Connections taken from the pool stay checked out on a short LIFO list between calls: a
-    # pool checkout and return costs a sixth of a loopback round trip, the list almost nothing.
-    # The pool still makes, limits, checks and replaces connections; a caller finding the list
-    # empty waits on the pool, and while one waits, released connections go to the pool.
+    # Connections taken from the pool stay checked out on a LIFO list between calls: a pool
+    # checkout and return costs a sixth of a loopback round trip, a list pop and append almost
+    # nothing (both atomic under the GIL). The pool still makes, limits, checks and replaces
+    # connections. A caller finding the list empty counts itself in ``_waiting`` and waits on
+    # the pool; a releaser that then sees a waiter hands idle connections over to the pool. The
+    # waiter looks at the list once more after counting itself, so no release slips between.
 
     def _acquire(self, pool: Any) -> Any:
         with self._idle_lock:
-            if self._idle:
-                return self._idle.pop()
             self._waiting += 1
         try:
-            return pool.getconn()
+            try:
+                return self._idle.pop()
+            except IndexError:
+                return pool.getconn()
         finally:
             with self._idle_lock:
                 self._waiting -= 1
 
     def _release(self, pool: Any, conn: Any) -> None:
-        if conn.pgconn.transaction_status == _IDLE:
-            with self._idle_lock:
-                if not self._waiting and pool is self._pool:
-                    self._idle.append(conn)
+        if conn.pgconn.transaction_status == _IDLE and pool is self._pool:
+            self._idle.append(conn)
+            if self._waiting:
+                self._hand_over(pool)
+        else:
+            pool.putconn(conn)  # a connection in a bad state is rolled back or thrown away there
+
+    def _hand_over(self, pool: Any, everything: bool = False) -> None:
+        """Give idle connections back to the pool: while someone waits there, or all of them."""
+        with self._idle_lock:
+            while everything or self._waiting:
+                try:
+                    conn = self._idle.pop()  # one at a time: the fast path pops without the lock
+                except IndexError:
                     return
-        pool.putconn(conn)  # a connection in a bad state is rolled back or thrown away there
+                pool.putconn(conn)
 
     def run(self, work: Callable[[Any], T], *, again: bool = True) -> T:
         """``work(cursor)`` on a pooled autocommit connection (one cursor kept per connection)."""
         pool = self._pool if self._ready else self._open()
-        conn = self._acquire(pool)
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = self._acquire(pool)
         try:
             result = work(conn.capa_cursor)
         except self.psycopg.Error as exc:
@@ -295,9 +311,15 @@ class _Database:
         self._release(pool, conn)
         return result
 
+    # fetchone and rowcount are run() unrolled for the one-statement calls on the hot path: an
+    # autocommit statement that succeeded leaves its connection idle, nothing to check.
+
     def fetchone(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
         pool = self._pool if self._ready else self._open()
-        conn = self._acquire(pool)
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = self._acquire(pool)
         try:
             row = conn.capa_cursor.execute(query, params).fetchone()
         except self.psycopg.Error as exc:
@@ -305,7 +327,12 @@ class _Database:
             if isinstance(exc, self.psycopg.errors.UndefinedTable):
                 return self.run(lambda cur: cur.execute(query, params).fetchone(), again=False)
             raise
-        self._release(pool, conn)
+        if pool is self._pool:
+            self._idle.append(conn)
+            if self._waiting:
+                self._hand_over(pool)
+        else:
+            pool.putconn(conn)
         return row
 
     def fetchall(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
@@ -313,7 +340,10 @@ class _Database:
 
     def rowcount(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> int:
         pool = self._pool if self._ready else self._open()
-        conn = self._acquire(pool)
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = self._acquire(pool)
         try:
             count = int(conn.capa_cursor.execute(query, params).rowcount)
         except self.psycopg.Error as exc:
@@ -321,7 +351,12 @@ class _Database:
             if isinstance(exc, self.psycopg.errors.UndefinedTable):
                 return self.run(lambda cur: int(cur.execute(query, params).rowcount), again=False)
             raise
-        self._release(pool, conn)
+        if pool is self._pool:
+            self._idle.append(conn)
+            if self._waiting:
+                self._hand_over(pool)
+        else:
+            pool.putconn(conn)
         return count
 
     def _failed(self, pool: Any, conn: Any, exc: Exception) -> None:
@@ -335,10 +370,7 @@ class _Database:
             self._release(pool, conn)
             return
         pool.putconn(conn)  # the pool throws it away and makes a new one
-        with self._idle_lock:
-            idle, self._idle = self._idle, []
-        for other in idle:
-            pool.putconn(other)
+        self._hand_over(pool, everything=True)
         now = time.monotonic()
         if now - self._last_check > 1.0:
             # The server probably restarted or cut us off: the idle connections are dead too.
@@ -355,11 +387,8 @@ class _Database:
     def close(self) -> None:
         with self._lock:
             pool, self._pool, self._ready = self._pool, None, False
-        with self._idle_lock:
-            idle, self._idle = self._idle, []
         if pool is not None:
-            for conn in idle:
-                pool.putconn(conn)
+            self._hand_over(pool, everything=True)
             pool.close(timeout=2.0)
 
 
