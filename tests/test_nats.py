@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -332,6 +333,109 @@ def test_a_killed_consumer_process_messages_go_to_another_consumer(
     finally:
         process.kill()
         process.wait(10)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PrivateServer:
+    """A nats-server of the test's own (loopback, JetStream on a temporary directory)."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd",
+             str(self.store)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket_to(self.port):
+                return
+            time.sleep(0.05)
+        raise AssertionError("the private nats-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@contextlib.contextmanager
+def socket_to(port: int) -> Iterator[None]:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        yield
+
+
+@pytest.mark.slow
+def test_server_restart_loses_no_acknowledged_message(tmp_path: Path, unique: str) -> None:
+    """Restart a private nats-server under a producer and a consumer: every message whose
+    publish returned (JetStream acknowledged it) is handled at least once afterwards."""
+    require("nats")  # the binary and JetStream are there
+    server = PrivateServer(tmp_path / "jetstream")
+    server.start()
+    settings = {
+        "capa": {"app_id": f"app-{unique}", "default_url": "memory://", "retries": 2},
+        "pubsub": {"bus": {"url": server.url, "stream": f"capa-restart-{unique}",
+                           "requestTimeout": 1, "connectTimeout": 2, "lease": 5}},
+    }
+    producer_rt, consumer_rt = Runtime.from_mapping(settings), Runtime.from_mapping(settings)
+    seen: set[int] = set()
+    confirmed: list[tuple[int, float]] = []
+    stop = threading.Event()
+    try:
+        producer, consumer = producer_rt.pubsub("bus"), consumer_rt.pubsub("bus")
+        consumer.subscribe("orders", lambda m: seen.add(int(m.data)), group="g", batch=10)
+
+        def produce() -> None:
+            n = 0
+            while not stop.is_set():
+                try:
+                    producer.publish("orders", n)
+                except ComponentUnavailable:
+                    time.sleep(0.1)  # not acknowledged: it need not arrive
+                else:
+                    confirmed.append((n, time.monotonic()))
+                n += 1
+                time.sleep(0.005)
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        time.sleep(1.0)
+        server.stop()
+        time.sleep(1.0)
+        server.start()
+        restarted_at = time.monotonic()
+        time.sleep(3.0)
+        stop.set()
+        thread.join(15)
+        sent = {n for n, _ in confirmed}
+        assert any(at > restarted_at for _, at in confirmed), "no publish after the restart"
+        deadline = time.monotonic() + 20
+        while not sent <= seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        missing = sorted(sent - seen)
+        assert not missing, f"{len(missing)} acknowledged messages never handled: {missing[:10]}"
+    finally:
+        stop.set()
+        producer_rt.close()
+        consumer_rt.close()
+        server.stop()
 
 
 if __name__ == "__main__":
