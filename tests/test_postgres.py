@@ -416,14 +416,14 @@ def test_an_idle_pull_blocks_instead_of_polling(url: str, prefix: str, unique: s
     try:
         bus.pull(topic, group="g", timeout=0.05)
         calls = 0
-        original = component._db.fetchall  # type: ignore[attr-defined]
+        original = component._db.execute  # type: ignore[attr-defined]
 
-        def counting(*args: Any) -> Any:
+        def counting(query: str, *args: Any) -> Any:
             nonlocal calls
-            calls += 1
-            return original(*args)
+            calls += query == component._take  # type: ignore[attr-defined]
+            return original(query, *args)
 
-        component._db.fetchall = counting  # type: ignore[attr-defined]
+        component._db.execute = counting  # type: ignore[attr-defined]
         started = time.monotonic()
         assert bus.pull(topic, group="g", timeout=1.5) == []
         assert 1.4 < time.monotonic() - started < 3

@@ -311,21 +311,23 @@ class _Database:
         self._release(pool, conn)
         return result
 
-    # fetchone and rowcount are run() unrolled for the one-statement calls on the hot path: an
-    # autocommit statement that succeeded leaves its connection idle, nothing to check.
+    def execute(self, query: str, params: Sequence[Any] | Mapping[str, Any], want: int) -> Any:
+        """One autocommit statement; ``want`` picks the result: ONE row, ALL rows or COUNT.
 
-    def fetchone(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
+        run() unrolled for the hot path, where every call and lookup shows: a statement that
+        succeeded leaves its connection idle, with nothing to check.
+        """
         pool = self._pool if self._ready else self._open()
         try:
             conn = self._idle.pop()
         except IndexError:
             conn = self._acquire(pool)
         try:
-            row = conn.capa_cursor.execute(query, params).fetchone()
+            result = _result(conn.capa_cursor.execute(query, params), want)
         except self.psycopg.Error as exc:
             self._failed(pool, conn, exc)
             if isinstance(exc, self.psycopg.errors.UndefinedTable):
-                return self.run(lambda cur: cur.execute(query, params).fetchone(), again=False)
+                return self.run(lambda cur: _result(cur.execute(query, params), want), again=False)
             raise
         if pool is self._pool:
             self._idle.append(conn)
@@ -333,31 +335,7 @@ class _Database:
                 self._hand_over(pool)
         else:
             pool.putconn(conn)
-        return row
-
-    def fetchall(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
-        return self.run(lambda cur: cur.execute(query, params).fetchall())
-
-    def rowcount(self, query: str, params: Sequence[Any] | Mapping[str, Any]) -> int:
-        pool = self._pool if self._ready else self._open()
-        try:
-            conn = self._idle.pop()
-        except IndexError:
-            conn = self._acquire(pool)
-        try:
-            count = int(conn.capa_cursor.execute(query, params).rowcount)
-        except self.psycopg.Error as exc:
-            self._failed(pool, conn, exc)
-            if isinstance(exc, self.psycopg.errors.UndefinedTable):
-                return self.run(lambda cur: int(cur.execute(query, params).rowcount), again=False)
-            raise
-        if pool is self._pool:
-            self._idle.append(conn)
-            if self._waiting:
-                self._hand_over(pool)
-        else:
-            pool.putconn(conn)
-        return count
+        return result
 
     def _failed(self, pool: Any, conn: Any, exc: Exception) -> None:
         """Give a connection back after an error; after a lost one, test the others too."""
@@ -390,6 +368,15 @@ class _Database:
         if pool is not None:
             self._hand_over(pool, everything=True)
             pool.close(timeout=2.0)
+
+
+ONE, ALL, COUNT = 1, 2, 3  # what _Database.execute returns
+
+
+def _result(cursor: Any, want: int) -> Any:
+    if want == ONE:
+        return cursor.fetchone()
+    return cursor.fetchall() if want == ALL else cursor.rowcount
 
 
 def _configure(conn: Any) -> None:
@@ -594,13 +581,13 @@ class PostgresState(StateComponent):
         self._purge = f"DELETE FROM {t} WHERE expires_at <= now()"
 
     def get(self, key: str) -> StoredValue | None:
-        row = self._db.fetchone(self._get, (key,))
+        row = self._db.execute(self._get, (key,), ONE)
         return None if row is None else StoredValue(*row)
 
     def bulk_get(self, keys: Sequence[str]) -> list[StoredValue | None]:
         found = {
             row[0]: StoredValue(row[1], row[2], row[3])
-            for row in self._db.fetchall(self._bulk_get, (list(keys),))
+            for row in self._db.execute(self._bulk_get, (list(keys),), ALL)
         }
         return [found.get(key) for key in keys]
 
@@ -631,7 +618,7 @@ class PostgresState(StateComponent):
         key, value, etag, first_write, ttl = request
         if etag is None and not first_write:  # the common case: one statement, nothing to check
             new = _etag()
-            self._db.rowcount(self._upsert, (key, value, new, ttl))
+            self._db.execute(self._upsert, (key, value, new, ttl), COUNT)
             return new
         return self._db.run(lambda cur: self._write(cur, request))
 
@@ -639,7 +626,7 @@ class PostgresState(StateComponent):
         """Drop expired rows (they are already invisible); at most once per interval."""
         self._next_cleanup = time.monotonic() + max(self.cleanup_interval, 1.0)
         if self.cleanup_interval > 0:
-            removed = self._db.rowcount(self._purge, ())
+            removed = self._db.execute(self._purge, (), COUNT)
             log.debug("%s: purged %d expired keys", self.name, removed)
 
     def delete(self, request: DeleteRequest) -> None:
@@ -681,10 +668,10 @@ class PostgresState(StateComponent):
         self._db.run(work)
 
     def keys(self, prefix: str) -> list[str]:
-        return [row[0] for row in self._db.fetchall(self._keys, (_like_prefix(prefix),))]
+        return [row[0] for row in self._db.execute(self._keys, (_like_prefix(prefix),), ALL)]
 
     def delete_prefix(self, prefix: str) -> int:
-        return self._db.rowcount(self._delete_like, (_like_prefix(prefix),))
+        return int(self._db.execute(self._delete_like, (_like_prefix(prefix),), COUNT))
 
     def translate_error(self, exc: Exception) -> CapaError | None:
         return _translate(self, exc)
@@ -832,10 +819,10 @@ class PostgresPubSub(PubSubComponent):
         self._listener, self._listener_lock, self._wakeups = None, threading.Lock(), _Wakeups()
 
     def publish(self, topic: str, data: bytes, metadata: Mapping[str, str]) -> None:
-        self._db.rowcount(self._publish, {
+        self._db.execute(self._publish, {
             "topic": topic, "payload": data, "metadata": self._jsonb(dict(metadata)),
             "channel": self._db.channel,
-        })
+        }, COUNT)
 
     def ensure_group(self, topic: str, group: str) -> None:
         if (topic, group) in self._groups:
@@ -885,20 +872,23 @@ class PostgresPubSub(PubSubComponent):
         listener = self._listening() if timeout > 0 else None
         settle = 0.0
         while True:
-            seen = self._wakeups.seen(topic)
-            rows = self._db.fetchall(self._take, (topic, group, max_messages, lease))
+            seen = self._wakeups.seen(topic) if listener is not None else (0, 0)
+            rows = self._db.execute(self._take, (topic, group, max_messages, lease), ALL)
             if rows:
-                rows.sort()
+                if len(rows) > 1:
+                    rows.sort()  # RETURNING has no order; hand them out oldest first
                 return [Delivery(str(i), data, attempt, meta) for i, data, attempt, meta in rows]
+            if listener is None:
+                return []
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or listener is None:
+            if remaining <= 0:
                 return []
             now = time.monotonic()
             mark = self._marked.get((topic, group), 0.0) <= now
-            adopted, due = self._db.fetchone(self._idle, {
+            adopted, due = self._db.execute(self._idle, {
                 "topic": topic, "group": group, "first": self._groups[(topic, group)],
                 "mark": mark,
-            })
+            }, ONE)
             if adopted:
                 continue
             if mark:
@@ -921,20 +911,20 @@ class PostgresPubSub(PubSubComponent):
     def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
         numbers = self._ids(ids)
         if len(numbers) == 1:
-            self._db.rowcount(self._ack_one, (numbers[0],))
+            self._db.execute(self._ack_one, (numbers[0],), COUNT)
         elif numbers:
-            self._db.rowcount(self._ack, (numbers,))
+            self._db.execute(self._ack, (numbers,), COUNT)
 
     def nack(self, topic: str, group: str, ids: Sequence[str], delay: float) -> None:
-        self._db.fetchall(self._nack, {
+        self._db.execute(self._nack, {
             "delay": delay, "ids": self._ids(ids), "channel": self._db.channel, "topic": topic,
-        })
+        }, ALL)
 
     def extend(self, topic: str, group: str, ids: Sequence[str], lease: float) -> None:
-        self._db.rowcount(self._extend, (lease, self._ids(ids)))
+        self._db.execute(self._extend, (lease, self._ids(ids)), COUNT)
 
     def purge(self, topic: str, group: str) -> int:
-        return self._db.rowcount(self._purge, (topic, group))
+        return int(self._db.execute(self._purge, (topic, group), COUNT))
 
     def translate_error(self, exc: Exception) -> CapaError | None:
         return _translate(self, exc)
@@ -985,16 +975,16 @@ class PostgresLock(LockComponent):
         )
 
     def try_lock(self, resource_id: str, owner: str, expiry: float) -> bool:
-        return self._db.rowcount(self._take, (resource_id, owner, expiry)) == 1
+        return bool(self._db.execute(self._take, (resource_id, owner, expiry), COUNT) == 1)
 
     def unlock(self, resource_id: str, owner: str) -> UnlockStatus:
-        deleted, held = self._db.fetchone(self._release, {"r": resource_id, "o": owner})
+        deleted, held = self._db.execute(self._release, {"r": resource_id, "o": owner}, ONE)
         if deleted:
             return UnlockStatus.SUCCESS
         return UnlockStatus.LOCK_BELONGS_TO_OTHERS if held else UnlockStatus.LOCK_DOES_NOT_EXIST
 
     def extend(self, resource_id: str, owner: str, expiry: float) -> bool:
-        return self._db.rowcount(self._extend, (expiry, resource_id, owner)) == 1
+        return bool(self._db.execute(self._extend, (expiry, resource_id, owner), COUNT) == 1)
 
     def translate_error(self, exc: Exception) -> CapaError | None:
         return _translate(self, exc)
@@ -1081,9 +1071,9 @@ class PostgresConfiguration(ConfigurationComponent):
         self, app_id: str, group: str, label: str, keys: Sequence[str]
     ) -> list[ConfigurationItem]:
         if not keys:
-            rows = self._db.fetchall(self._load_all, (app_id, group, label))
+            rows = self._db.execute(self._load_all, (app_id, group, label), ALL)
             return [self._item(row) for row in rows]
-        rows = self._db.fetchall(self._load, (app_id, group, label, list(keys)))
+        rows = self._db.execute(self._load, (app_id, group, label, list(keys)), ALL)
         found = {row[0]: self._item(row) for row in rows}
         return [found[k] for k in dict.fromkeys(keys) if k in found]
 
