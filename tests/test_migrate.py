@@ -128,6 +128,12 @@ def test_findings_name_unsupported_and_different_uses() -> None:
     assert "from legacy import Gone" in result.source
 
 
+def test_a_star_import_of_a_partial_module_is_reported() -> None:
+    result = rewrite_source("from web import *\n", RULES)
+    assert not result.changed
+    assert [(f.name, f.status) for f in result.findings] == [("web.*", Status.DIFFERENT)]
+
+
 def test_a_file_that_does_not_parse_is_left_alone() -> None:
     source = "from legacy import App\ndef broken(:\n"
     result = rewrite_source(source, RULES)

@@ -121,7 +121,15 @@ class _Visitor(ast.NodeVisitor):
         star = any(a.name == "*" for a in node.names)
         moving = [a for a in node.names if a.name != "*" and rule.moves(a.name)]
         if star and not rule.whole:
-            return  # `from flask import *` needs the names the shim does not have
+            # `from flask import *` also needs the names the shim does not have: say so.
+            self.findings.append(
+                Finding(
+                    node.lineno, node.col_offset, rule.library, f"{rule.old}.*",
+                    Status.DIFFERENT,
+                    f"left as is: import the names {rule.new} provides from it explicitly",
+                )
+            )
+            return
         if star or len(moving) == len(node.names):
             self._replace_module(node, rule)
         elif moving:
