@@ -142,9 +142,7 @@ def test_dapr_connection_string_table_name_schema_and_timeout() -> None:
     assert state._db.tables["main"] == '"shop"."orders_state"'
     assert state._db.max_size == 3
     pubsub = make("PostgresPubSub", url="postgresql://127.0.0.1/test", tableName="events")
-    assert pubsub._db.tables == {
-        "main": '"events"', "groups": '"events_groups"', "waits": '"events_waits"'
-    }
+    assert pubsub._db.tables == {"main": '"events"', "groups": '"events_groups"'}
     lock = make("PostgresLock", url="postgresql://127.0.0.1/test", tablePrefix="svc_")
     assert lock._db.tables == {"main": '"svc_locks"'}
 
@@ -208,8 +206,7 @@ def test_tables_appear_on_first_use_named_by_prefix(url: str, prefix: str) -> No
         assert tables(url, prefix) == sorted(
             f"public.{prefix}{name}"
             for name in (
-                "configuration", "locks", "pubsub_groups", "pubsub_messages", "pubsub_waits",
-                "state",
+                "configuration", "locks", "pubsub_groups", "pubsub_messages", "state"
             )
         )
     finally:

@@ -686,12 +686,17 @@ class PostgresState(StateComponent):
 def _pubsub_ddl(t: Mapping[str, str]) -> list[str]:
     index = _index_name(t["main"], "queue")
     return [
+        # waiting_until: while in the future, a consumer of the group blocks waiting for
+        # messages now and then, so a publish sends NOTIFY; without one it saves the NOTIFY,
+        # about a tenth of a publish.
         f"""CREATE TABLE IF NOT EXISTS {t["groups"]} (
             topic text NOT NULL,
             grp text NOT NULL,
             seq bigserial,
+            waiting_until timestamptz,
             PRIMARY KEY (topic, grp)
         )""",
+        f"ALTER TABLE {t['groups']} ADD COLUMN IF NOT EXISTS waiting_until timestamptz",
         # grp '' holds messages published while the topic had no group: its first group
         # adopts them. visible_at is the lease end of a taken message, or when a nacked one
         # may go out again.
@@ -705,15 +710,6 @@ def _pubsub_ddl(t: Mapping[str, str]) -> list[str]:
             visible_at timestamptz NOT NULL DEFAULT now()
         )""",
         f"CREATE INDEX IF NOT EXISTS {index} ON {t['main']} (topic, grp, id)",
-        # Who is blocked waiting on a topic, so a publish sends NOTIFY only when it can wake
-        # someone (a NOTIFY costs a publish about a fifth of its time). Unlogged: these marks
-        # are worth no WAL and no fsync, and are re-made after a crash empties the table.
-        f"""CREATE UNLOGGED TABLE IF NOT EXISTS {t["waits"]} (
-            topic text NOT NULL,
-            grp text NOT NULL,
-            until timestamptz NOT NULL,
-            PRIMARY KEY (topic, grp)
-        )""",
     ]
 
 
@@ -758,23 +754,20 @@ class PostgresPubSub(PubSubComponent):
             self,
             {
                 "main": ("pubsub_messages", "id topic grp payload metadata attempt visible_at"),
-                "groups": ("pubsub_groups", "topic grp seq"),
-                "waits": ("pubsub_waits", "topic grp until"),
+                "groups": ("pubsub_groups", "topic grp seq waiting_until"),
             },
             _pubsub_ddl,
         )
         self._jsonb = db.psycopg.types.json.Jsonb
-        m, g, w = db.tables["main"], db.tables["groups"], db.tables["waits"]
-        notify = (
-            f"SELECT pg_notify(%(channel)s, %(topic)s) FROM {w} "
-            "WHERE topic = %(topic)s AND until > now() LIMIT 1"
-        )
+        m, g = db.tables["main"], db.tables["groups"]
         # One row per group of the topic, or one for the backlog ('') when it has none; a
         # NOTIFY, when someone waits on the topic, goes out with the commit.
         self._publish = (
-            f"WITH queued AS (INSERT INTO {m} (topic, grp, payload, metadata) "
-            "SELECT %(topic)s, coalesce(g.grp, ''), %(payload)s, %(metadata)s "
-            f"FROM (VALUES (1)) AS one LEFT JOIN {g} g ON g.topic = %(topic)s) " + notify
+            "WITH g AS MATERIALIZED (SELECT coalesce(g.grp, '') AS grp, g.waiting_until "
+            f"FROM (VALUES (1)) AS one LEFT JOIN {g} g ON g.topic = %(topic)s), "
+            f"queued AS (INSERT INTO {m} (topic, grp, payload, metadata) "
+            "SELECT %(topic)s, grp, %(payload)s, %(metadata)s FROM g) "
+            "SELECT pg_notify(%(channel)s, %(topic)s) FROM g WHERE waiting_until > now() LIMIT 1"
         )
         self._take = (
             f"WITH next AS (SELECT id FROM {m} WHERE topic = %s AND grp = %s "
@@ -788,9 +781,8 @@ class PostgresPubSub(PubSubComponent):
         self._idle = (
             f"WITH adopted AS (UPDATE {m} SET grp = %(group)s WHERE topic = %(topic)s "
             "AND grp = '' AND %(first)s RETURNING 1), "
-            f"marked AS (INSERT INTO {w} (topic, grp, until) SELECT %(topic)s, %(group)s, "
-            f"now() + interval '{_MARK_SECONDS} seconds' WHERE %(mark)s "
-            "ON CONFLICT (topic, grp) DO UPDATE SET until = EXCLUDED.until) "
+            f"marked AS (UPDATE {g} SET waiting_until = now() + interval '{_MARK_SECONDS} "
+            "seconds' WHERE topic = %(topic)s AND grp = %(group)s AND %(mark)s) "
             "SELECT (SELECT count(*) FROM adopted), date_part('epoch', min(visible_at) - now()) "
             f"FROM {m} WHERE topic = %(topic)s AND grp = %(group)s AND visible_at > now()"
         )
@@ -798,7 +790,8 @@ class PostgresPubSub(PubSubComponent):
         self._ack_one = f"DELETE FROM {m} WHERE id = %s"  # the usual case: no array to build
         self._nack = (
             f"WITH later AS (UPDATE {m} SET visible_at = now() + %(delay)s::float8 * "
-            "interval '1 second' WHERE id = ANY(%(ids)s)) " + notify
+            "interval '1 second' WHERE id = ANY(%(ids)s)) SELECT pg_notify(%(channel)s, "
+            f"%(topic)s) FROM {g} WHERE topic = %(topic)s AND waiting_until > now() LIMIT 1"
         )
         self._extend = f"UPDATE {m} SET visible_at = {_EXPIRY} WHERE id = ANY(%s)"
         self._purge = f"DELETE FROM {m} WHERE topic = %s AND grp = %s AND attempt = 0"
@@ -853,8 +846,8 @@ class PostgresPubSub(PubSubComponent):
                         wakeups.bump(topic)
 
                     def reconnected() -> None:
-                        # Anything may have happened meanwhile, the server may even have lost
-                        # the unlogged waiting marks: mark again, and let every pull re-check.
+                        # Anything may have happened meanwhile: mark the groups again, and let
+                        # every waiting pull look at its queue.
                         self._marked.clear()
                         wakeups.bump_all()
 
