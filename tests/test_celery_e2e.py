@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from kombu.exceptions import EncodeError
-from tests.celery_apps.harness import Project, wait_for
+from tests.celery_apps.harness import Project, delete_rabbitmq_queues, wait_for
 from tests.services import require
 
 from capa_compat.celery import chain, chord, group, signals, states
@@ -53,6 +53,7 @@ def project(
 ) -> Iterator[Project]:
     tmp = tmp_path_factory.mktemp(f"celery-{request.param}")
     project = make_project(tmp, request.param, CAPA_TEST_VT="2")
+    prefix = {f":{project.env['CAPA_TEST_PREFIX']}"}
     project.backend = request.param  # type: ignore[attr-defined]
     cwd = os.getcwd()
     os.chdir(tmp)  # the embedded default lives in the working directory, as for the worker
@@ -62,6 +63,8 @@ def project(
     finally:
         project.stop_all()
         os.chdir(cwd)
+        if request.param == "rabbitmq":
+            delete_rabbitmq_queues(prefix)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from kombu.exceptions import ContentDisallowed
+from tests.celery_apps.harness import delete_rabbitmq_queues
 from tests.services import require
 
 from capa_compat.kombu import (
@@ -37,9 +38,20 @@ def url_for(backend: str, tmp: Path) -> str:
     return require(backend)
 
 
+RABBITMQ_PREFIXES: set[str] = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_rabbitmq_queues() -> Iterator[None]:
+    yield
+    delete_rabbitmq_queues(RABBITMQ_PREFIXES)
+
+
 @pytest.fixture(params=BACKENDS)
 def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
     prefix = f"t{uuid.uuid4().hex[:10]}."
+    if request.param == "rabbitmq":
+        RABBITMQ_PREFIXES.add(f":{prefix}")
     with Connection(
         url_for(request.param, tmp_path), transport_options={"topic_prefix": prefix}
     ) as connection:

@@ -121,3 +121,33 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def delete_rabbitmq_queues(tokens: set[str]) -> None:
+    """Delete the RabbitMQ queues whose names contain one of ``tokens`` (a test's own prefixes).
+
+    capa pub/sub has no call that removes a group, and every group on RabbitMQ is a quorum queue:
+    left behind run after run they slow the server down for everyone.
+    """
+    if not tokens:
+        return
+    try:
+        listed = subprocess.run(
+            ["rabbitmqctl", "list_queues", "name", "-q"], capture_output=True, text=True,
+            timeout=60,
+        ).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    doomed = [name for name in listed if any(token in name for token in tokens)]
+    if not doomed:
+        return
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/"))
+    try:
+        channel = connection.channel()
+        for name in doomed:
+            channel.queue_delete(name)
+    finally:
+        connection.close()
+    tokens.clear()

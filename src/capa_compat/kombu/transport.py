@@ -11,7 +11,9 @@ queue compete, and each queue bound to an exchange gets its own copy):
   band, ``<prefix>Q.p3`` / ``.p6`` / ``.p9``, higher numbers first (AMQP's order);
 - direct exchange E: a publisher that knows the binding (it declared the queue, as Celery does)
   puts straight on the queue's topic; otherwise on ``<prefix>exchange/E/<routing key>``, where each
-  queue bound with that key has a group;
+  queue bound with that key has a group. The usual binding of queue Q to exchange Q with key Q
+  (Celery's queues, SimpleQueue) needs no route topic: a message for exchange Q with key Q goes to
+  queue Q's topic even from a process that never declared the binding;
 - fanout and topic exchange E: one topic ``<prefix>exchange/E``, a group per bound queue; topic
   patterns are matched by the consuming side.
 
@@ -58,6 +60,11 @@ _BATCH = 16
 _GET_WAIT = 0.05  # basic_get's longest wait for a message just published
 
 ACK, REQUEUE, DEAD = "ack", "requeue", "dead"
+
+
+def _identity(exchange: str, routing_key: str, queue: str) -> bool:
+    """Queue Q bound to direct exchange Q with key Q: messages reach it by name, no route topic."""
+    return exchange == routing_key == queue
 
 
 class Source(NamedTuple):
@@ -225,7 +232,7 @@ class Channel(virtual.Channel):
         bands = PRIORITY_STEPS if queue in self.state.priorities else (0,)
         out = [Source(self.queue_topic(queue, b), b) for b in reversed(bands)]
         for exchange, routing_key, _ in list(self.state.queue_bindings(queue)):
-            if not exchange:
+            if not exchange or _identity(exchange, routing_key, queue):
                 continue
             kind = self.typeof(exchange).type
             source = (
@@ -275,6 +282,8 @@ class Channel(virtual.Channel):
         exchange = exchange or "amq.direct"
         super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
         kind = self.typeof(exchange).type
+        if kind == "direct" and _identity(exchange, routing_key, queue):
+            return  # routed to the queue's own topic by name (see basic_publish)
         topic = self.route_topic(exchange, routing_key if kind == "direct" else None)
         # The group is the binding as the broker keeps it: from now on the queue gets a copy.
         self.ensure(topic, queue)
@@ -325,6 +334,10 @@ class Channel(virtual.Channel):
             if queues:
                 for queue in queues:
                     self._put(queue, message)
+                return
+            if exchange == routing_key:
+                # Queue X on exchange X with key X (Celery's queues, SimpleQueue): by name.
+                self._put(routing_key, message)
                 return
             # Bound in another process (a reply queue, say): the broker knows, by groups.
             self._publish(self.route_topic(exchange, routing_key), message)
