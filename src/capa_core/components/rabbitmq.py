@@ -36,11 +36,13 @@ When a process dies (or closes) its connection closes and the broker requeues it
 once.
 
 Messages for a topic with no group. RabbitMQ would drop them. The exchange has an alternate
-exchange ``<exchange>.unrouted`` where every topic published to has a classic holding queue
-``<exchange>.unrouted:T``. The first group declared for T moves the held messages into its own
-queue before binding (keeping their order) and once more after (for any that raced the binding);
-later groups find the holding queue empty. Two processes declaring the first two groups of a topic
-at the same moment may split the held messages between them.
+exchange ``<exchange>.unrouted`` where every topic published to has a holding queue
+``<exchange>.unrouted:T`` (a quorum queue too: on RabbitMQ 3.10 a few hundred durable classic
+queues used up the broker's file handle budget, which stalled new connections). The first group
+declared for T moves the held messages into its own queue before binding (keeping their order)
+and once more after (for any that raced the binding); later groups find the holding queue empty.
+Two processes declaring the first two groups of a topic at the same moment may split the held
+messages between them.
 
 Dead letters. Only the client layer dead-letters (capa_core/pubsub.py, after max_attempts): the
 queues have no dead-letter exchange and no delivery limit, so the broker never drops or diverts a
@@ -413,7 +415,7 @@ class _Link:
             {} if owner.queue_expiry is None else {"x-expires": int(owner.queue_expiry * 1000)}
         )
         self.group_arguments = {"x-queue-type": "quorum", **expires}
-        self.holding_arguments = {"x-queue-type": "classic", **expires}
+        self.holding_arguments = {"x-queue-type": "quorum", **expires}
         # Exchanges go when their last queue does, when queues expire (test runs, mostly).
         self.auto_delete = owner.queue_expiry is not None
         self.runner = PrivateLoop(f"capa-rabbitmq-{owner.name}", RabbitMQUnavailable)
