@@ -148,7 +148,6 @@ class _Database:
             if main:  # the main table takes the given name; the others derive from it
                 name = main if role == "main" else f"{main}_{suffix.rsplit('_', 1)[-1]}"
             names[role] = _identifier(component, "table" if main else "table_prefix", name, 8)
-        self.names = names
         self.tables = {role: self.qualified(name) for role, name in names.items()}
         channel = f"{self.schema}.{names['main']}" if self.schema else names["main"]
         self.channel = channel[:_MAX_IDENTIFIER]
