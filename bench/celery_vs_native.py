@@ -118,6 +118,23 @@ class Side:
         return out
 
 
+def delete_rabbitmq_queues(token: str) -> None:
+    """Remove the queues a run left on RabbitMQ (every capa group there is a quorum queue)."""
+    try:
+        listed = subprocess.run(["rabbitmqctl", "list_queues", "name", "-q"],
+                                capture_output=True, text=True, timeout=60).stdout.split()
+        import pika  # noqa: PLC0415 - only for this clean-up
+
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP))
+        channel = connection.channel()
+        for name in listed:
+            if token in name:
+                channel.queue_delete(name)
+        connection.close()
+    except Exception as exc:  # clean-up is best effort
+        print(f"  (could not remove leftover RabbitMQ queues: {exc})")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -147,6 +164,8 @@ def run(label: str, broker: str, backend: str, args: argparse.Namespace) -> None
                 }
             finally:
                 bench.stop()
+                if broker.startswith("amqp"):
+                    delete_rabbitmq_queues(bench.env["BENCH_QUEUE"])
             f = figures[side]
             print(f"{side:>7}: {f['rate']:8.0f} tasks/s   round trip p50 {f['p50'] * 1e3:6.2f} ms"
                   f"   p99 {f['p99'] * 1e3:6.2f} ms")
