@@ -72,7 +72,7 @@ class Side:
         os.environ.update({k: v for k, v in self.env.items() if k.startswith("BENCH_")})
         sys.modules.pop("benchproj", None)
         sys.path.insert(0, str(workdir))
-        import benchproj  # noqa: PLC0415 - imported per side, with that side's settings
+        import benchproj
 
         self.app, self.add = benchproj.app, benchproj.add
 
@@ -123,7 +123,7 @@ def delete_rabbitmq_queues(token: str) -> None:
     try:
         listed = subprocess.run(["rabbitmqctl", "list_queues", "name", "-q"],
                                 capture_output=True, text=True, timeout=60).stdout.split()
-        import pika  # noqa: PLC0415 - only for this clean-up
+        import pika
 
         connection = pika.BlockingConnection(pika.URLParameters(AMQP))
         channel = connection.channel()
