@@ -39,6 +39,9 @@ class PrivateLoop:
         self._progress = asyncio.Event()  # set on the loop whenever a handed-over call ends
         self._wake = threading.Event()
         self._closed = False
+        self._soon: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+        self._soon_lock = threading.Lock()
+        self._soon_scheduled = False
         self._helper = threading.Thread(target=self._serve_forever, name=name, daemon=True)
         self._helper.start()
 
@@ -61,21 +64,29 @@ class PrivateLoop:
             raise self._unavailable(f"no answer within {timeout:.0f} s")
         return started[0].result()
 
-    def post(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        """Run ``coroutine`` on the loop; when another thread runs it, do not wait. Never raises."""
-        if self._closed:
-            coroutine.close()
-            return
-        try:
-            if not _in_event_loop() and self._running.acquire(blocking=False):
-                try:
-                    self._run_here(coroutine, 30.0)
-                finally:
-                    self._release()
-            else:
-                self._hand_over(coroutine, report=True)
-        except Exception as exc:
-            log.warning("%s failed: %s", getattr(coroutine, "__qualname__", "a call"), exc)
+    def soon(self, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn(*args)`` on the loop the next time any thread runs it; do not wait.
+
+        For work nobody waits for (acks): a burst of them costs one wake-up of the loop, and
+        it runs before any call made after this one.
+        """
+        with self._soon_lock:
+            self._soon.append((fn, args))
+            if self._soon_scheduled:
+                return
+            self._soon_scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs any more
+            self.loop.call_soon_threadsafe(self._run_soon)
+
+    def _run_soon(self) -> None:
+        with self._soon_lock:
+            queued, self._soon = self._soon, []
+            self._soon_scheduled = False
+        for fn, args in queued:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("%s failed", getattr(fn, "__qualname__", "a call"))
 
     def _run_here(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
         async def bounded() -> T:
@@ -95,7 +106,7 @@ class PrivateLoop:
             self._wake.set()
 
     def _hand_over(
-        self, coroutine: Coroutine[Any, Any, T], report: bool = False
+        self, coroutine: Coroutine[Any, Any, T]
     ) -> tuple[threading.Lock, list[asyncio.Task[T]]]:
         """Queue ``coroutine`` for whichever thread runs the loop; the lock opens when it ends."""
         finished = threading.Lock()
@@ -103,9 +114,8 @@ class PrivateLoop:
         started: list[asyncio.Task[T]] = []
 
         def done(task: asyncio.Task[T]) -> None:
-            error = None if task.cancelled() else task.exception()  # retrieved, even if unread
-            if report and error is not None:
-                log.warning("%s failed: %s", getattr(coroutine, "__qualname__", "a call"), error)
+            if not task.cancelled():
+                task.exception()  # retrieved here, in case the caller gave up waiting
             with self._handed_lock:
                 self._handed -= 1
             self._progress.set()

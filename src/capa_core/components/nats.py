@@ -318,6 +318,7 @@ class _Link:
         self.jetstream: Any = None
         self.stream_ready = False
         self.closing = False
+        self.settling: set[asyncio.Task[None]] = set()
         self.last_error: Exception | None = None
         self.groups: dict[tuple[str, str], str] = {}  # (topic, group) -> consumer name
         self.ack_waits: dict[str, float] = {}  # consumer name -> ack_wait known to be set
@@ -605,20 +606,28 @@ class _Link:
         ]
 
     def settle_soon(self, ids: list[str], payload: bytes) -> None:
-        """Send acks, naks or progress; without waiting when another thread runs the loop.
+        """Send acks, naks or progress on the loop's next run, without waiting for it.
 
-        JetStream does not answer them; calls made later (a pull, close) run after them on the
-        loop, so they still go out first.
+        JetStream does not answer them; a burst goes out in one write, and close() flushes
+        what is left.
         """
-        self.runner.post(self._settle(ids, payload))
+        self.runner.soon(self._settle, ids, payload)
 
-    async def _settle(self, ids: list[str], payload: bytes) -> None:
+    def _settle(self, ids: list[str], payload: bytes) -> None:
         client = self.client
         if client is None or client.is_closed:
             return  # the deliveries come back after their lease
-        for reply in ids:
-            await client.publish(reply, payload)
-        await asyncio.sleep(0)  # one more turn of the loop lets the flusher write them out
+
+        async def send() -> None:
+            try:
+                for reply in ids:
+                    await client.publish(reply, payload)
+            except Exception as exc:
+                log.warning("could not settle %d NATS deliveries: %s", len(ids), exc)
+
+        task = self.loop.create_task(send())
+        self.settling.add(task)
+        task.add_done_callback(self.settling.discard)
 
     async def purge(self, topic: str, group: str) -> int:
         durable = await self.ensure_group(topic, group)
@@ -642,6 +651,9 @@ class _Link:
 
     async def _shutdown(self) -> None:
         self.closing = True
+        await asyncio.sleep(0)  # settlements queued before close() start first
+        if self.settling:
+            await asyncio.wait(self.settling, timeout=5)
         client, self.client = self.client, None
         if client is not None and not client.is_closed:
             try:

@@ -444,17 +444,12 @@ class _Link:
         return self.runner.run(coroutine, timeout)
 
     def settle_soon(self, topic: str, group: str, ids: list[str], how: str, seconds: float) -> None:
-        """ack, nack or extend without waiting when another thread runs the loop.
+        """ack, nack or extend on the loop's next run, without waiting for it.
 
         Acks need no answer from the broker; calls made later (a pull, close) run after them on
         the loop, so they still go out first.
         """
-        self.runner.post(self._settle(topic, group, ids, how, seconds))
-
-    async def _settle(self, topic: str, group: str, ids: list[str], how: str,
-                      seconds: float) -> None:
-        self.settle(topic, group, ids, how, seconds)
-        await asyncio.sleep(0)  # one more turn of the loop writes the frames out
+        self.runner.soon(self.settle, topic, group, ids, how, seconds)
 
     async def _start(self) -> None:
         self.state = asyncio.Condition()
