@@ -12,13 +12,11 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kombu.exceptions import EncodeError
-from tests.celery_apps.harness import Project, delete_rabbitmq_queues, wait_for
-from tests.services import require
+from tests.celery_apps.harness import Project, delete_rabbitmq_queues, make_project, wait_for
 
 from capa_compat.celery import chain, chord, group, signals, states
 from capa_compat.celery.exceptions import TaskRevokedError, TimeoutError
@@ -27,24 +25,6 @@ from capa_compat.kombu import Connection
 pytestmark = pytest.mark.slow
 
 BACKENDS = ["sqlite", "redis", "postgres", "rabbitmq"]
-
-
-def settings_for(backend: str) -> dict[str, str]:
-    """CAPA_TEST_* variables: the legacy URLs an existing Celery app would have."""
-    if backend == "sqlite":
-        return {}  # nothing set: the embedded default in the working directory
-    if backend == "redis":
-        url = require("redis") + "/3"
-        return {"CAPA_TEST_BROKER": url, "CAPA_TEST_BACKEND": url}
-    if backend == "postgres":
-        url = require("postgres")
-        return {"CAPA_TEST_BROKER": f"sqla+{url}", "CAPA_TEST_BACKEND": f"db+{url}"}
-    return {"CAPA_TEST_BROKER": require("rabbitmq"), "CAPA_TEST_BACKEND": "rpc://"}
-
-
-def make_project(tmp: Path, backend: str, **extra: str) -> Project:
-    prefix = f"t{uuid.uuid4().hex[:10]}."
-    return Project(tmp, {**settings_for(backend), "CAPA_TEST_PREFIX": prefix, **extra})
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.celery_apps.harness import Project, wait_for
-from tests.test_celery_e2e import make_project
+from tests.celery_apps.harness import Project, make_project, wait_for
 
 pytestmark = pytest.mark.slow
 

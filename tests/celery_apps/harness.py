@@ -12,12 +12,33 @@ import subprocess
 import sys
 import time
 import types
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.services import require
+
 HERE = Path(__file__).resolve().parent
 CELERY = str(Path(sys.executable).with_name("celery"))
+
+
+def settings_for(backend: str) -> dict[str, str]:
+    """CAPA_TEST_* variables: the legacy URLs an existing Celery app would have."""
+    if backend == "sqlite":
+        return {}  # nothing set: the embedded default in the working directory
+    if backend == "redis":
+        url = require("redis") + "/3"
+        return {"CAPA_TEST_BROKER": url, "CAPA_TEST_BACKEND": url}
+    if backend == "postgres":
+        url = require("postgres")
+        return {"CAPA_TEST_BROKER": f"sqla+{url}", "CAPA_TEST_BACKEND": f"db+{url}"}
+    return {"CAPA_TEST_BROKER": require("rabbitmq"), "CAPA_TEST_BACKEND": "rpc://"}
+
+
+def make_project(tmp: Path, backend: str, **extra: str) -> Project:
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    return Project(tmp, {**settings_for(backend), "CAPA_TEST_PREFIX": prefix, **extra})
 
 
 class Project:
