@@ -23,6 +23,11 @@ requeue hands it back at once, and a process that dies without settling has its 
 out again when the lease runs out. A message delivered more than ``max_attempts`` times, or
 rejected without requeue, goes to the topic of queue ``Q.dead``.
 
+Limits: capa pub/sub does not count waiting messages, so queue sizes (``qsize``, the message count
+of ``queue_declare``) read 0; and it cannot remove a group, so deleting an auto-delete queue bound
+to a fanout or topic exchange (``celery inspect`` reply queues, ``celery events`` queues) leaves its
+group on the exchange's topic, where later messages still collect.
+
 Transport options: ``topic_prefix`` (""), ``visibility_timeout`` (the lease, seconds; default the
 component's), ``max_attempts`` (5; 0 = unbounded), ``dead_letter_suffix`` (".dead"),
 ``prefetch_limit`` (messages fetched ahead when a consumer sets no prefetch, 100).
