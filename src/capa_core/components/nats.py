@@ -319,6 +319,7 @@ class _Link:
         self.stream_ready = False
         self.closing = False
         self.settling: set[asyncio.Task[None]] = set()
+        self.inboxes: list[tuple[Any, Any]] = []  # (connection, pull subscription) not in use
         self.last_error: Exception | None = None
         self.groups: dict[tuple[str, str], str] = {}  # (topic, group) -> consumer name
         self.ack_waits: dict[str, float] = {}  # consumer name -> ack_wait known to be set
@@ -545,10 +546,13 @@ class _Link:
     async def _next(self, durable: str, batch: int, expires: float | None) -> list[Any]:
         """One pull request: up to ``batch`` messages, now (``expires`` None) or within it."""
         client = await self._connection()
-        inbox = client.new_inbox()
         # JetStream sends the messages with their own subjects: only a subscription of the
-        # request's own inbox tells which request they answer.
-        subscription = await client.subscribe(inbox)
+        # request's own inbox tells which request they answer. One ends each request it makes
+        # (a full batch, or a status), so it can serve the next one.
+        owner, subscription = self.inboxes.pop() if self.inboxes else (None, None)
+        if subscription is None or owner is not client:
+            subscription = await client.subscribe(client.new_inbox())
+        reusable = False
         request: dict[str, Any] = {"batch": batch}
         if expires is None:
             request["no_wait"] = True
@@ -558,14 +562,15 @@ class _Link:
         try:
             await client.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable}",
-                json.dumps(request).encode(), reply=inbox,
+                json.dumps(request).encode(), reply=subscription.subject,
             )
             # The server ends the request itself (a message count, or a 404/408 status); the
             # margin only covers a server that went away meanwhile.
             async with asyncio.timeout((expires or 0) + self.owner.request_timeout):
                 while len(got) < batch:
                     message = await subscription.next_msg(timeout=None)
-                    status = (message.headers or {}).get("Status") if not message.data else None
+                    # Deliveries carry an ack subject; status messages do not.
+                    status = None if message.reply else (message.headers or {}).get("Status")
                     if status is None:
                         got.append(message)
                     elif status in _END_OF_BATCH:
@@ -573,6 +578,7 @@ class _Link:
                     elif status != "100":  # 100: idle heartbeat
                         description = (message.headers or {}).get("Description", "")
                         raise NatsUnavailable(f"pull from {durable}: {status} {description}")
+            reusable = True
         except TimeoutError:
             if not got:
                 raise NatsUnavailable(
@@ -586,8 +592,11 @@ class _Link:
                 raise _failure(exc, f"pull from {durable}") from exc
             raise
         finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            if reusable:
+                self.inboxes.append((client, subscription))
+            else:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
         return got
 
     async def pull(

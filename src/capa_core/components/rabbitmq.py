@@ -686,6 +686,9 @@ class _Link:
             confirms.append(self._send(channel, self.exchange, key, body, properties))
         try:
             async with asyncio.timeout(self.owner.publish_timeout):
+                if len(confirms) == 1 and not collect:  # the common case, without gather
+                    await confirms[0]
+                    return [None]
                 results = await asyncio.gather(*confirms, return_exceptions=True)
         except TimeoutError:
             raise RabbitMQUnavailable(
