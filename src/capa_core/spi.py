@@ -212,9 +212,10 @@ class ConfigurationComponent(Component):
 
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
         super().__init__(name, metadata, source=source)
-        self._listeners: list[ChangeCallback] = []
+        # Per app id: its listeners, and the stop function of the one backend watch serving them.
+        self._listeners: dict[str, list[ChangeCallback]] = {}
+        self._watches: dict[str, Callable[[], None]] = {}
         self._listeners_lock = threading.Lock()
-        self._stop_watch: Callable[[], None] | None = None
 
     @abc.abstractmethod
     def load(
@@ -234,29 +235,33 @@ class ConfigurationComponent(Component):
         raise AssertionError("unreachable")
 
     def add_listener(self, app_id: str, listener: ChangeCallback) -> Callable[[], None]:
-        """Subscribe ``listener`` to changes; one backend watch serves all listeners."""
+        """Subscribe ``listener`` to an app's changes; one backend watch per app serves all."""
         with self._listeners_lock:
-            if self._stop_watch is None:
-                self._stop_watch = self.watch(app_id, self._fan_out)
-            self._listeners.append(listener)
+            if app_id not in self._watches:
+                self._watches[app_id] = self.watch(
+                    app_id, lambda changes: self._fan_out(app_id, changes)
+                )
+            self._listeners.setdefault(app_id, []).append(listener)
 
         def remove() -> None:
             with self._listeners_lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
+                listeners = self._listeners.get(app_id, [])
+                if listener in listeners:
+                    listeners.remove(listener)
 
         return remove
 
-    def _fan_out(self, changes: list[ConfigurationChange]) -> None:
+    def _fan_out(self, app_id: str, changes: list[ConfigurationChange]) -> None:
         with self._listeners_lock:
-            listeners = list(self._listeners)
+            listeners = list(self._listeners.get(app_id, ()))
         for listener in listeners:
             listener(changes)
 
     def close(self) -> None:
-        if self._stop_watch is not None:
-            self._stop_watch()
-            self._stop_watch = None
+        with self._listeners_lock:
+            watches, self._watches = self._watches, {}
+        for stop in watches.values():
+            stop()
 
 
 # --- lock --------------------------------------------------------------------------------------

@@ -1053,7 +1053,7 @@ class PostgresConfiguration(ConfigurationComponent):
         # No LISTEN thread came along: the next subscription in this process starts one.
         _orphans.append(self._listener)
         self._listener, self._watchers, self._watchers_lock = None, [], threading.Lock()
-        self._listeners_lock, self._stop_watch = threading.Lock(), None
+        self._listeners_lock, self._watches = threading.Lock(), {}
 
     @staticmethod
     def _item(row: Sequence[Any]) -> ConfigurationItem:
