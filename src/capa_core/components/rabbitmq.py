@@ -367,6 +367,9 @@ class _Feed:
     channel: _Channel | None = None
     prefetch: int = 0
     held: dict[int, asyncio.TimerHandle] = field(default_factory=dict)  # tag -> lease timer
+    # Consumers of pulls that filled their prefetch: the broker sends them nothing more until
+    # one of their deliveries is settled, so they are cancelled only then (off the pull's path).
+    parked: list[str] = field(default_factory=list)
     consume_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     open_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -864,6 +867,7 @@ class _Link:
         for timer in feed.held.values():
             timer.cancel()
         feed.held.clear()
+        feed.parked.clear()
         if feed.channel is not None:
             feed.channel.closed(error)
         feed.channel, feed.prefetch = None, 0
@@ -937,7 +941,10 @@ class _Link:
                 error = arrived.exception()
                 if error is not None:
                     raise error
-            await self._cancel(channel, tag)
+            if len(got) >= max_messages:
+                feed.parked.append(tag)  # no room left: nothing more can come to it
+            else:
+                await self._cancel(channel, tag)
             cancelled = True
         except BaseException:
             # Whatever reached us goes back to the queue (a closed channel requeues by itself).
@@ -984,7 +991,17 @@ class _Link:
     def _expire(self, feed: _Feed, channel: _Channel, tag: int) -> None:
         """A lease ran out (or a nack delay passed): back to the queue, one delivery more."""
         if feed.held.pop(tag, None) is not None and feed.channel is channel and channel.usable:
+            self._unpark(feed, channel)
             channel.channel.basic_nack(tag, requeue=True)
+
+    def _unpark(self, feed: _Feed, channel: _Channel) -> None:
+        """Cancel parked consumers before a settlement gives them room for another message.
+
+        The cancel goes out first on the channel, so the broker never pushes them a message
+        no pull asked for (no-wait: pika requeues one that comes anyway).
+        """
+        while feed.parked:
+            channel.channel.basic_cancel(feed.parked.pop())
 
     def settle(self, topic: str, group: str, ids: list[str], how: str, seconds: float) -> None:
         """ack, nack (after ``seconds``) or extend (by ``seconds``) deliveries in hand."""
@@ -1002,8 +1019,10 @@ class _Link:
                 continue  # already settled, or its lease ran out
             timer.cancel()
             if how == "ack":
+                self._unpark(feed, channel)
                 channel.channel.basic_ack(tag)
             elif how == "nack" and seconds <= 0:
+                self._unpark(feed, channel)
                 channel.channel.basic_nack(tag, requeue=True)
             else:  # a delayed nack, or a lease extension: the same timer, with a new deadline
                 feed.held[tag] = self.loop.call_later(seconds, self._expire, feed, channel, tag)
