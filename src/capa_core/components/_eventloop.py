@@ -89,14 +89,22 @@ class PrivateLoop:
                 log.exception("%s failed", getattr(fn, "__qualname__", "a call"))
 
     def _run_here(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
-        async def bounded() -> T:
-            async with asyncio.timeout(timeout):
-                return await coroutine
+        task = self.loop.create_task(coroutine)
+        expired: list[bool] = []
 
+        def expire() -> None:  # cheaper than asyncio.timeout, which shows on short calls
+            expired.append(True)
+            task.cancel()
+
+        deadline = self.loop.call_later(timeout, expire)
         try:
-            return self.loop.run_until_complete(bounded())
-        except TimeoutError:
-            raise self._unavailable(f"no answer within {timeout:.0f} s") from None
+            return self.loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if expired:
+                raise self._unavailable(f"no answer within {timeout:.0f} s") from None
+            raise
+        finally:
+            deadline.cancel()
 
     def _release(self) -> None:
         self._running.release()
@@ -182,11 +190,7 @@ class PrivateLoop:
 
 
 def _in_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    return asyncio._get_running_loop() is not None
 
 
 async def _cancel_all() -> None:

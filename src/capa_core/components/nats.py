@@ -155,6 +155,7 @@ class NatsPubSub(PubSubComponent):
                                     f"set {key} above zero")
         self._link: _Link | None = None
         self._link_lock = threading.Lock()
+        self._subjects: dict[str, str] = {}
 
     def _servers(self) -> list[str]:
         url = self.option("url", str, "", "natsURL")
@@ -188,7 +189,10 @@ class NatsPubSub(PubSubComponent):
         )
 
     def subject(self, topic: str) -> str:
-        return f"{self.prefix}.{subject_token(topic)}"
+        subject = self._subjects.get(topic)
+        if subject is None:
+            subject = self._subjects[topic] = f"{self.prefix}.{subject_token(topic)}"
+        return subject
 
     # --- the I/O thread ---------------------------------------------------------------------------
 
@@ -231,6 +235,9 @@ class NatsPubSub(PubSubComponent):
         return failed
 
     def ensure_group(self, topic: str, group: str) -> None:
+        link = self._link
+        if link is not None and (topic, group) in link.groups:
+            return  # made by this connection already (the client asks before every pull)
         self._run(lambda link: link.ensure_group(topic, group),
                   self.connect_timeout + 4 * self.request_timeout + 5)
 

@@ -248,6 +248,9 @@ class RabbitMQPubSub(PubSubComponent):
         return failed
 
     def ensure_group(self, topic: str, group: str) -> None:
+        link = self._link
+        if link is not None and (topic, group) in link.groups:
+            return  # declared on this connection already (the client asks before every pull)
         self._run(lambda link: link.ensure_group(topic, group), self.connect_timeout + 30)
 
     def pull(
@@ -428,6 +431,7 @@ class _Link:
         self.publisher: _Channel | None = None  # confirm mode
         self.feeds: dict[tuple[str, str], _Feed] = {}
         self.topics: set[str] = set()
+        self.keys: dict[str, str] = {}  # topic -> routing key
         self.groups: set[tuple[str, str]] = set()
         self.exchanges_declared = False
         self.epochs = itertools.count(1)
@@ -677,7 +681,9 @@ class _Link:
     ) -> list[Exception | None]:
         import pika
 
-        key = _checked_name(routing_key(topic), "routing key")
+        key = self.keys.get(topic)
+        if key is None:
+            key = self.keys[topic] = _checked_name(routing_key(topic), "routing key")
         await self._ensure_topic(topic)
         channel = await self._publisher_channel()
         confirms = []
