@@ -518,6 +518,9 @@ class PubSub:
         return self._call(self.component, "purge", self.component.purge, topic, group)
 
     def close(self) -> None:
+        # Signal every subscription before waiting for any, so their last pulls end together.
+        for subscription in self._subscriptions:
+            subscription._stopped.set()
         for subscription in self._subscriptions:
             subscription.close()
         self._subscriptions.clear()
