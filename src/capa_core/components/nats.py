@@ -25,7 +25,9 @@ settle it; acks are sent without waiting for the I/O thread.
 
 Pulling. A pull first asks for up to ``max_messages`` without waiting; when nothing is there it
 waits up to ``timeout`` for one message, then takes whatever else is ready. So no pull request is
-left behind on the server to swallow messages after the call returned.
+left behind on the server to swallow messages after the call returned. (nats-py's fetch(batch,
+timeout) waits for a full batch until the timeout once it has to wait at all, so the pull requests
+are made here, on the same JetStream API.)
 
 Threading. nats-py is asyncio: the connection lives on a private event loop owned by the
 component. A calling thread that finds the loop idle runs it for the length of its call; one that
