@@ -34,6 +34,7 @@ from capa_core import ComponentNotFound
 
 from ..kombu import install as _install_transport
 from ..kombu import runtimes
+from . import telemetry as _telemetry
 
 log = logging.getLogger("capa_compat.celery")
 
@@ -44,6 +45,7 @@ _NATIVE_SCHEDULERS = {"celery.beat:PersistentScheduler", "celery.beat.Persistent
 _STATEFUL = {"redis", "rediss", "postgresql", "postgres", "sqlite", "memory"}
 
 _install_transport()
+_telemetry.connect()  # inert until capa telemetry is on (see capa_compat.celery.telemetry)
 _backends.BACKEND_ALIASES.setdefault(runtimes.CAPA_SCHEME, BACKEND)
 
 
