@@ -7,8 +7,9 @@ capa and through the raw client and the ratio of their times (capa/raw; target: 
 
 Each cycle publishes a chunk of messages one by one (JSON-encoding each), each waiting for the
 server's confirmation, then consumes them in batches of 10, decoding and acknowledging one by one:
-- RabbitMQ, raw pika: basic_publish on a channel in confirm mode (persistent) into a durable
-  quorum queue, then a long-lived consumer with prefetch 10 and basic_ack per message.
+- RabbitMQ, raw pika (blocking): basic_publish on a channel in confirm mode (persistent) through
+  a topic exchange into a durable quorum queue (capa's topology), then a long-lived consumer with
+  prefetch 10 and basic_ack per message.
   capa: PubSub.publish / pull(max_messages=10) / Message.ack on the rabbitmq component (topic
   exchange, quorum queue per group, a consumer per pull).
 - NATS, raw nats-py (asyncio, in the main thread): js.publish, then pull-subscription
@@ -85,10 +86,13 @@ class RawRabbitMQ:
         import pika
 
         self.queue = queue
+        self.exchange = queue  # the same topology as capa's: a topic exchange before the queue
         self.connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL + "%2F"))
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
+        self.channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
         self.channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        self.channel.queue_bind(queue, self.exchange, routing_key="orders")
         self.channel.basic_qos(prefetch_count=BATCH)
         self.properties = pika.BasicProperties(
             delivery_mode=2, content_type="application/json",
@@ -98,7 +102,8 @@ class RawRabbitMQ:
 
     def cycle(self, n: int) -> object:
         for _ in range(n):
-            self.channel.basic_publish("", self.queue, json.dumps(VALUE).encode(), self.properties)
+            self.channel.basic_publish(self.exchange, "orders", json.dumps(VALUE).encode(),
+                                       self.properties)
         for _ in range(n):
             method, _, body = next(self.deliveries)
             json.loads(body)
@@ -109,6 +114,7 @@ class RawRabbitMQ:
         with contextlib.suppress(Exception):
             self.channel.cancel()
             self.channel.queue_delete(self.queue)
+            self.channel.exchange_delete(self.exchange)
         self.connection.close()
 
 
