@@ -62,9 +62,13 @@ class Rules:
 
     @property
     def needles(self) -> tuple[str, ...]:
-        """Substrings of which a file must contain one to be worth parsing."""
-        roots = {m.split(".", 1)[0] for m in self.modules}
-        return tuple(sorted(roots | set(self.strings)))
+        """Substrings of which a file must contain one to be worth parsing.
+
+        Every import the codemod rewrites names a mapped module in full (`import a.b` and
+        `from a.b import c` both contain "a.b"), so the full names are enough; a bare root such
+        as "django" would send every file of a Django project through the parser.
+        """
+        return tuple(sorted(set(self.modules) | set(self.strings)))
 
     def only(self, keep: Iterable[str]) -> Rules:
         wanted = set(keep)
