@@ -92,3 +92,29 @@ def test_a_delayed_task_runs_in_the_callers_trace(tmp_path: Path) -> None:
     # What the task does in the worker (here: saving its result in capa state) is in the trace.
     saved = [s for s in worker_spans if s["parent"] == run["span"]]
     assert any(s["name"].startswith("capa.state.") for s in saved)
+
+
+DUPLICATES = textwrap.dedent(
+    """
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from capa_compat.celery import telemetry
+
+    assert not telemetry._active()          # no SDK: nothing to do
+    trace.set_tracer_provider(TracerProvider())
+    assert telemetry._active()              # an SDK and no Celery instrumentation: capa traces
+    CeleryInstrumentor().instrument()
+    assert not telemetry._active()          # opentelemetry-instrumentation-celery does it
+    CeleryInstrumentor().uninstrument()
+    assert telemetry._active()
+    print("ok")
+    """
+)
+
+
+def test_capa_steps_aside_for_opentelemetry_instrumentation_celery() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DUPLICATES], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
