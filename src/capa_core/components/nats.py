@@ -316,7 +316,7 @@ def _failure(exc: BaseException, what: str) -> BaseException:
 
 
 class _Link:
-    """The component's NATS connection, on its own thread and event loop."""
+    """The component's NATS connection, on the component's private event loop."""
 
     def __init__(self, owner: NatsPubSub) -> None:
         self.owner = owner

@@ -411,7 +411,7 @@ def _cause(exc: BaseException) -> str:
 
 
 class _Link:
-    """The one pika connection of a component, driven by its own thread and event loop."""
+    """The one pika connection of a component, on the component's private event loop."""
 
     def __init__(self, owner: RabbitMQPubSub) -> None:
         self.owner = owner
