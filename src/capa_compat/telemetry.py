@@ -8,14 +8,29 @@ OpenTelemetry SDK configured, a wrapped call costs one check.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import wrapt
 
+_RECHECK = 1.0  # seconds between looks for an SDK provider while there is none
+_found: list[Any] = []  # the tracer, once an SDK provider is set (it can be set only once)
+_next_check = [0.0]
+
 
 def _tracer() -> Any:
-    """capa_compat's tracer, or None when no SDK provider is set (spans would be dropped)."""
+    """capa_compat's tracer, or None while no SDK provider is set (spans would be dropped).
+
+    Asking OpenTelemetry for its provider reads the environment, microseconds a call; a shim call
+    must cost next to nothing without an SDK, so the answer "none" is kept for a second.
+    """
+    if _found:
+        return _found[0]
+    now = time.monotonic()
+    if now < _next_check[0]:
+        return None
+    _next_check[0] = now + _RECHECK
     try:
         from opentelemetry import trace
     except ImportError:
@@ -23,7 +38,8 @@ def _tracer() -> Any:
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
-    return trace.get_tracer("capa_compat", tracer_provider=provider)
+    _found.append(trace.get_tracer("capa_compat", tracer_provider=provider))
+    return _found[0]
 
 
 def traced(

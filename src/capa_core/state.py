@@ -78,6 +78,7 @@ class StateStore:
         self.key_prefix = key_prefix
         self._call = dispatcher.call
         self._concurrency = concurrency
+        self._first_write = concurrency is Concurrency.FIRST_WRITE
         self._has_etag = Feature.ETAG in component.features
         self._has_ttl = Feature.TTL in component.features
 
@@ -96,14 +97,16 @@ class StateStore:
         ttl: Any,
         concurrency: Concurrency | str | None,
     ) -> SetRequest:
-        if etag is not None and not self._has_etag:
-            self.component.require(Feature.ETAG)
-        seconds = check_ttl(ttl)
+        # The common write (no etag, ttl or concurrency given) skips every check but the key's.
+        seconds = None if ttl is None else check_ttl(ttl)
+        first_write = (
+            self._first_write if concurrency is None
+            else check_concurrency(concurrency, self._concurrency)
+        )
+        if not self._has_etag and (etag is not None or first_write):
+            self.component.require(Feature.ETAG, "etags and first-write concurrency need ETags")
         if seconds is not None and not self._has_ttl:
             self.component.require(Feature.TTL)
-        first_write = check_concurrency(concurrency, self._concurrency)
-        if first_write and not self._has_etag:
-            self.component.require(Feature.ETAG, "first-write concurrency needs ETags")
         return SetRequest(self._key(key), self.codec.encode(value), etag, first_write, seconds)
 
     def _delete_request(

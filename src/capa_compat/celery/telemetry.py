@@ -13,16 +13,13 @@ from typing import Any
 
 from celery import signals
 
+from ..telemetry import _tracer
+
 _SPANS: dict[str, Any] = {}  # task id -> (span, context token), from prerun to postrun
 
 
 def _active() -> bool:
-    try:
-        from opentelemetry import trace
-    except ImportError:
-        return False
-    noop = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-    if isinstance(trace.get_tracer_provider(), noop):
+    if _tracer() is None:
         return False
     instrumentor = _celery_instrumentor()
     return instrumentor is None or not instrumentor.is_instrumented_by_opentelemetry
