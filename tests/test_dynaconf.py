@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -268,3 +269,30 @@ def test_flask_dynaconf_reads_capa_live(
     assert app.config["GREETING"] == "hello" and app.config.POOL == 2
     store.save({"GREETING": "bonjour"}, label="development")
     wait_for(lambda: app.config["GREETING"] == "bonjour")
+
+
+def test_a_settings_object_collected_while_the_loader_holds_its_lock(
+    files: Path, memory_runtime: Runtime
+) -> None:
+    """Garbage collection can run a collected object's finalizer inside source_for, which holds
+    the loader's lock: the finalizer takes it again on the same thread and must not deadlock."""
+    import gc
+
+    from capa_compat.dynaconf import loader
+
+    settings = make(memory_runtime)
+    assert settings.NAME == "from-file"  # loads, so the object has a live source
+    inner = settings._wrapped
+    del settings
+    done = threading.Event()
+
+    def collect_under_the_lock() -> None:
+        nonlocal inner
+        with loader._sources_lock:
+            inner = None
+            gc.collect()
+        done.set()
+
+    worker = threading.Thread(target=collect_under_the_lock, daemon=True)
+    worker.start()
+    assert done.wait(10), "the finalizer deadlocked on the loader's lock"

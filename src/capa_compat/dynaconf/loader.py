@@ -280,7 +280,9 @@ class _Source:
 
 
 _sources: dict[int, _Source] = {}
-_sources_lock = threading.Lock()
+# Reentrant: a settings object collected while source_for holds the lock runs its finalizer
+# (forget, below) on the same thread, which takes the lock again.
+_sources_lock = threading.RLock()
 
 
 def source_for(obj: Any, options: Mapping[str, Any] | None) -> _Source:
