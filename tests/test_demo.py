@@ -18,7 +18,7 @@ def test_capa_demo_migrates_and_runs_the_shop(tmp_path) -> None:
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
-    assert "+ from capa_compat.celery import Celery, shared_task" in out
+    assert "+from capa_compat.celery import Celery, shared_task" in out
     assert "GET /orders/" in out and "{'state': 'SUCCESS', 'total': 1.12}" in out
     assert "{'state': 'SUCCESS', 'total': 2.7}" in out  # the retried melon order
     assert "add.delay(2, 3).get() -> 5" in out

@@ -18,7 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from .migrate.cli import migrate_paths
+from .migrate.cli import migrate_paths, unified_diff
 from .migrate.rules import load_rules
 
 APP = "flask_shop"
@@ -78,13 +78,10 @@ def demo(args: argparse.Namespace) -> int:
         rules = load_rules()
         preview = migrate_paths([str(app_dir)], rules, write=False, progress=False)
         for outcome in preview.changed:
-            original = Path(outcome.path).read_text(encoding="utf-8").splitlines()
-            for before, after in zip(
-                original, outcome.result.source.splitlines(), strict=False
-            ):
-                if before != after:
-                    name = Path(outcome.path).relative_to(app_dir)
-                    say(f"   {name}:\n     - {before}\n     + {after}")
+            name = str(Path(outcome.path).relative_to(app_dir))
+            before = Path(outcome.path).read_text(encoding="utf-8")
+            for line in unified_diff(name, before, outcome.result.source).splitlines():
+                say(f"   {line}")
         done = migrate_paths([str(app_dir)], rules, write=True, progress=False)
         say(f"   applied: {len(done.changed)} files rewritten")
 

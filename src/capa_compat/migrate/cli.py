@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = migrate_paths(args.paths, rules, write=write, progress=sys.stderr.isatty())
     if args.diff:
         for changed in outcome.changed:
-            sys.stdout.write(_diff(changed.path, read_source(Path(changed.path))[0],
+            sys.stdout.write(unified_diff(changed.path, read_source(Path(changed.path))[0],
                                    changed.result.source))
     report = json_report(outcome) if args.report == "json" else text_report(
         outcome, quiet=args.quiet)
@@ -237,7 +237,7 @@ def _stdin(rules: Rules, args: argparse.Namespace) -> int:
         print(f"<stdin>: left untouched, {result.error}", file=sys.stderr)
         return EXIT_UNREADABLE
     if args.diff:
-        sys.stdout.write(_diff("<stdin>", source, result.source))
+        sys.stdout.write(unified_diff("<stdin>", source, result.source))
     elif not args.check:
         sys.stdout.write(result.source)
     for f in result.findings:
@@ -246,7 +246,8 @@ def _stdin(rules: Rules, args: argparse.Namespace) -> int:
     return EXIT_CHANGES if (args.check or args.diff) and result.changed else EXIT_OK
 
 
-def _diff(path: str, before: str, after: str) -> str:
+def unified_diff(path: str, before: str, after: str) -> str:
+    """A unified diff of one file's rewrite."""
     return "".join(difflib.unified_diff(
         before.splitlines(keepends=True), after.splitlines(keepends=True),
         fromfile=path, tofile=path,
