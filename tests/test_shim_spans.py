@@ -72,3 +72,23 @@ def test_shim_calls_are_parents_of_their_capa_calls() -> None:
     assert ("capa.pubsub.publish", "kombu.publish") in pairs
     assert any(name == "flask.config.reload" for name, _ in pairs)
     assert ("django.cache.set", None) in pairs  # legacy spans are the roots here
+
+
+def test_shim_methods_are_wrapped_only_while_telemetry_is_on() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from capa_compat.django.backend import CapaCache
+    from capa_compat.kombu.transport import Channel
+    from capa_core.telemetry import CapaInstrumentor
+
+    plain_get, plain_publish = CapaCache.__dict__["get"], Channel.__dict__["basic_publish"]
+    instrumentor = CapaInstrumentor()
+    instrumentor.instrument(tracer_provider=TracerProvider())
+    try:
+        assert CapaCache.__dict__["get"] is not plain_get
+        assert CapaCache.__dict__["get"].__wrapped__ is plain_get
+        assert Channel.__dict__["basic_publish"] is not plain_publish
+    finally:
+        instrumentor.uninstrument()
+    assert CapaCache.__dict__["get"] is plain_get  # no cost at all once telemetry is off
+    assert Channel.__dict__["basic_publish"] is plain_publish

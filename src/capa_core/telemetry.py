@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -33,6 +34,7 @@ from .spi import Component
 __all__ = ["CapaInstrumentor", "TelemetryInterceptor"]
 
 INSTRUMENTATION = "capa_core"
+INSTRUMENTATION_GROUP = "capa.instrumentation"  # modules with install(tracer_provider), uninstall()
 _DB_SYSTEMS = {"redis": "redis", "postgres": "postgresql", "sqlite": "sqlite"}
 _MESSAGING_SYSTEMS = {"rabbitmq": "rabbitmq", "nats": "nats", "redis": "redis"}
 # Standard-API pub/sub operations in the messaging conventions' vocabulary.
@@ -196,6 +198,9 @@ class CapaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         self._interceptor = TelemetryInterceptor(tracer_provider, meter_provider)
         dispatch.install(self._interceptor, self._interceptor)
+        # Layers above capa_core (capa_compat's shims) trace their own calls from here on.
+        for entry in entry_points(group=INSTRUMENTATION_GROUP):
+            entry.load().install(tracer_provider)
         if kwargs.get("log_correlation", True):
             self._log_factory = _TraceIdsOnLogs()
             logging.setLogRecordFactory(self._log_factory)
@@ -204,6 +209,8 @@ class CapaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if self._interceptor is not None:
             dispatch.uninstall(self._interceptor, self._interceptor)
             self._interceptor = None
+            for entry in entry_points(group=INSTRUMENTATION_GROUP):
+                entry.load().uninstall()
         if self._log_factory is not None:
             if logging.getLogRecordFactory() is self._log_factory:
                 logging.setLogRecordFactory(self._log_factory.previous)

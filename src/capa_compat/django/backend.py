@@ -58,8 +58,6 @@ from capa_core import (
     Upsert,
 )
 
-from ..telemetry import trace_methods
-
 __all__ = ["CapaCache", "runtime_for_url"]
 
 # Bounds the compare-and-swap loops of incr/touch: a key rewritten this often by others while
@@ -534,14 +532,6 @@ def _contended(key: str) -> RuntimeError:
         f"cache key {key!r} changed under {_CAS_ATTEMPTS} consecutive compare-and-swap attempts; "
         "it is rewritten faster than it can be updated"
     )
-
-
-trace_methods(
-    CapaCache, "django.cache",
-    ("add", "get", "set", "touch", "delete", "has_key", "get_many", "set_many", "delete_many",
-     "incr", "incr_version", "clear"),
-    **{"db.system": "capa", "django.cache.backend": "capa_compat.django.cache.CapaCache"},
-)
 
 
 @atexit.register

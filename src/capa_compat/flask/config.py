@@ -48,8 +48,6 @@ from capa_core import (
     UnsupportedFeature,
 )
 
-from ..telemetry import traced
-
 __all__ = [
     "Config",
     "ConfigChange",
@@ -313,7 +311,6 @@ class Config(flask.Config):
                 f"Config.from_capa(component={component!r}): {exc}"
             ) from exc
 
-    @traced("flask.config.reload")
     def _apply(
         self,
         updates: dict[str, Any],

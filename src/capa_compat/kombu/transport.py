@@ -53,7 +53,6 @@ from kombu.transport.base import to_rabbitmq_queue_arguments
 from capa_core import ComponentNotFound, PubSub, UnsupportedFeature
 from capa_core.types import Delivery
 
-from ..telemetry import traced
 from . import runtimes
 
 log = logging.getLogger("capa_compat.kombu")
@@ -323,7 +322,6 @@ class Channel(virtual.Channel):
         body = json.dumps(message, separators=(",", ":")).encode()
         self.pubsub.publish_bytes(topic, body, {"content-type": CONTENT_TYPE})
 
-    @traced("kombu.publish", {"messaging.system": "capa"})
     def basic_publish(
         self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any
     ) -> None:
