@@ -8,6 +8,8 @@ above this line, once for every component.
 from __future__ import annotations
 
 import abc
+import math
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -25,6 +27,31 @@ from .types import (
 )
 
 T = TypeVar("T")
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def duration(raw: Any) -> float:
+    """Seconds from a number or a duration as Dapr writes them ("500ms", "5s", "1m", "2h").
+
+    A cast for Component.option: ``self.option("ackWait", duration, 30.0)``.
+    """
+    if isinstance(raw, bool):
+        raise ValueError(raw)
+    if isinstance(raw, int | float):
+        seconds = float(raw)
+    else:
+        match = _DURATION.fullmatch(str(raw))
+        if match is None:
+            raise ValueError(raw)
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(raw)
+    return seconds
+
+
+duration.__name__ = "duration (seconds, or like '500ms', '5s', '1m')"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from ..errors import CapaError, SettingsError
-from ..spi import PubSubComponent
+from ..spi import PubSubComponent, duration
 from ..types import Delivery
 from ._eventloop import PrivateLoop
 
@@ -77,25 +77,6 @@ class NatsRefused(Exception):
     def __init__(self, what: str, description: str) -> None:
         super().__init__(f"{what}: {description}")
         self.what, self.description = what, description
-
-
-def _seconds(value: Any) -> float:
-    """A duration: a number of seconds, or a string such as "3", "3s", "500ms", "1m", "2h"."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = str(value).strip().lower()
-        for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-            if text.endswith(suffix):
-                seconds = float(text[: -len(suffix)]) * scale
-                break
-        else:
-            seconds = float(text)
-    if seconds < 0:
-        raise ValueError(value)
-    return seconds
 
 
 def subject_token(topic: str) -> str:
@@ -142,12 +123,12 @@ class NatsPubSub(PubSubComponent):
                 self.source, "storage", f"{self.storage!r} is not a JetStream storage type",
                 'set storage to "file" or "memory"',
             )
-        self.max_age = self.option("maxAge", _seconds, 0.0)
+        self.max_age = self.option("maxAge", duration, 0.0)
         self.replicas = self.option("replicas", int, 1)
-        self.ack_wait = self.option("ackWait", _seconds, 20.0)
+        self.ack_wait = self.option("ackWait", duration, 20.0)
         self.max_ack_pending = self.option("maxAckPending", int, -1)
-        self.connect_timeout = self.option("connectTimeout", _seconds, 5.0)
-        self.request_timeout = self.option("requestTimeout", _seconds, 5.0)
+        self.connect_timeout = self.option("connectTimeout", duration, 5.0)
+        self.request_timeout = self.option("requestTimeout", duration, 5.0)
         self.client_name = self.option("name", str, f"capa {name}")
         for key, value in (("replicas", self.replicas), ("ackWait", self.ack_wait),
                            ("connectTimeout", self.connect_timeout),

@@ -69,7 +69,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from ..errors import CapaError, SettingsError
-from ..spi import PubSubComponent
+from ..spi import PubSubComponent, duration
 from ..types import Delivery
 from ._eventloop import PrivateLoop
 
@@ -92,25 +92,6 @@ class RabbitMQRefused(Exception):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(f"{code} {text}")
         self.code, self.text = code, text
-
-
-def _seconds(value: Any) -> float:
-    """A duration: a number of seconds, or a string such as "3", "3s", "500ms", "1m"."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = str(value).strip().lower()
-        for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-            if text.endswith(suffix):
-                seconds = float(text[: -len(suffix)]) * scale
-                break
-        else:
-            seconds = float(text)
-    if seconds < 0:
-        raise ValueError(value)
-    return seconds
 
 
 def routing_key(topic: str) -> str:
@@ -146,10 +127,10 @@ class RabbitMQPubSub(PubSubComponent):
                 self.source, "exchange", f"{self.exchange!r} is empty or too long",
                 "use a name of 1 to 200 bytes",
             )
-        self.reconnect_wait = self.option("reconnectWait", _seconds, 2.0)
-        self.connect_timeout = self.option("connectTimeout", _seconds, 10.0)
-        self.publish_timeout = self.option("publishTimeout", _seconds, 30.0)
-        expiry: float | None = self.option("queueExpiry", _seconds, None)
+        self.reconnect_wait = self.option("reconnectWait", duration, 2.0)
+        self.connect_timeout = self.option("connectTimeout", duration, 10.0)
+        self.publish_timeout = self.option("publishTimeout", duration, 30.0)
+        expiry: float | None = self.option("queueExpiry", duration, None)
         self.queue_expiry = expiry
         if expiry is not None and expiry < 1:
             raise SettingsError(

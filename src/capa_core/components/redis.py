@@ -53,6 +53,7 @@ from ..spi import (
     LockComponent,
     PubSubComponent,
     StateComponent,
+    duration,
 )
 from ..types import (
     ConfigurationChange,
@@ -72,25 +73,6 @@ _URL_QUERY = {
     "max_connections", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
     "ssl_check_hostname", "client_name",
 }
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def _duration(raw: Any) -> float:
-    """Seconds from a number or a Go duration as Dapr writes them ("500ms", "5s", "1m")."""
-    if isinstance(raw, bool):
-        raise ValueError(raw)
-    if isinstance(raw, int | float):
-        return float(raw)
-    match = _DURATION.match(str(raw))
-    if match is None:
-        raise ValueError(raw)
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-_duration.__name__ = "duration (seconds, or like '500ms', '5s')"
-
-
 def _natural(raw: Any) -> int:
     value = int(raw)
     if value < 0 or isinstance(raw, bool):
@@ -160,16 +142,16 @@ def connection_options(component: Component) -> dict[str, Any]:
             "supported", 'use redisType = "node" and failover = false',
         )
     options["socket_connect_timeout"] = component.option(
-        "dialTimeout", _duration, options.get("socket_connect_timeout", 5.0)
+        "dialTimeout", duration, options.get("socket_connect_timeout", 5.0)
     )
     options["socket_timeout"] = component.option(
-        "readTimeout", _duration, options.get("socket_timeout", 10.0)
+        "readTimeout", duration, options.get("socket_timeout", 10.0)
     )
     pool_size = component.option("poolSize", _natural, 0, "maxConnections")
     if pool_size:
         options["max_connections"] = pool_size
     options["retries"] = component.option("maxRetries", _natural, 3)
-    options["retry_cap"] = component.option("maxRetryBackoff", _duration, 1.0)
+    options["retry_cap"] = component.option("maxRetryBackoff", duration, 1.0)
     return options
 
 
