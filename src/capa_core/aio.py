@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .configuration import Configuration, ConfigurationSubscription
 from .lock import Lock, default_owner
-from .pubsub import DEFAULT_GROUP, Message, PubSub
+from .pubsub import DEFAULT_GROUP, Message, PubSub, settle
 from .secrets import SecretStore
 from .settings import DEFAULT_NAME
 from .state import StateStore
@@ -116,12 +116,10 @@ class AsyncSubscription:
         except Exception:
             log.exception("handler of %s failed on message %s", self.topic, message.id)
             result = HandlerResult.RETRY
-        if result is None or result is True or result is HandlerResult.SUCCESS:
-            await _run(message.ack)
-        elif result is HandlerResult.DROP:
-            await _run(message.nack, False)
-        else:
-            await _run(message.nack)
+        try:
+            await _run(settle, message, result)
+        except Exception:  # unreachable middleware: the lease brings the message back
+            log.exception("could not settle message %s of %s", message.id, self.topic)
 
     async def close(self) -> None:
         self._task.cancel()

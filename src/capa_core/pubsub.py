@@ -201,6 +201,16 @@ class _Consumer:
         self.pubsub.ack_deliveries(self.topic, self.group, [delivery.id])
 
 
+def settle(message: Message, result: HandlerResult | bool | None) -> None:
+    """Ack, retry or drop ``message`` as a handler's result says (None and True are success)."""
+    if result is None or result is True or result is HandlerResult.SUCCESS:
+        message.ack()
+    elif result is HandlerResult.DROP:
+        message.nack(requeue=False)
+    else:
+        message.nack()
+
+
 class Subscription:
     """Push delivery to a handler on background threads until ``close()``."""
 
@@ -252,12 +262,13 @@ class Subscription:
         except Exception:
             log.exception("handler of %s failed on message %s", self.topic, message.id)
             result = HandlerResult.RETRY
-        if result is None or result is True or result is HandlerResult.SUCCESS:
-            message.ack()
-        elif result is HandlerResult.DROP:
-            message.nack(requeue=False)
-        else:
-            message.nack()
+        try:
+            settle(message, result)
+        except Exception:
+            # The middleware is unreachable (retries spent): keep the subscription alive; the
+            # unsettled message comes back to a consumer when its lease runs out.
+            log.exception("could not settle message %s of %s/%s", message.id, self.topic,
+                          self.group)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop pulling; messages in hand are finished first, the rest stay for other consumers."""
