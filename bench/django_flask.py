@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ django.setup()
 import flask  # noqa: E402
 from django.core.cache.backends.locmem import LocMemCache  # noqa: E402
 from django.core.cache.backends.redis import RedisCache  # noqa: E402
+from harness import compare  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 from capa_compat.django.cache import CapaCache  # noqa: E402
 from capa_compat.flask import Flask as CapaFlask  # noqa: E402
@@ -45,25 +45,6 @@ from capa_core import Runtime  # noqa: E402
 
 VALUE = {"user": 42, "name": "Ada", "roles": ["admin", "dev"], "active": True}
 Batch = Callable[[int], object]
-
-
-def compare(capa: Batch, native: Batch, total: int, chunk: int, rounds: int) -> tuple[float, ...]:
-    """Median ops/s of capa, of native, and the median of per-round time ratios capa/native."""
-    capa_rates, native_rates, ratios = [], [], []
-    for r in range(rounds):
-        spent = {"capa": 0, "native": 0}
-        sides = [("capa", capa), ("native", native)]
-        for c in range(total // chunk):
-            for side, batch in sides if (r + c) % 2 == 0 else sides[::-1]:
-                start = time.perf_counter_ns()
-                batch(chunk)
-                spent[side] += time.perf_counter_ns() - start
-        done = total // chunk * chunk
-        capa_rates.append(done / spent["capa"] * 1e9)
-        native_rates.append(done / spent["native"] * 1e9)
-        ratios.append(spent["capa"] / spent["native"])
-    return (statistics.median(capa_rates), statistics.median(native_rates),
-            statistics.median(ratios))
 
 
 def cache_ops(cache: object) -> dict[str, Batch]:

@@ -27,10 +27,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import statistics
-import time
 import uuid
 from collections.abc import Callable
+
+from harness import compare  # bench/ is on sys.path when run as a script
 
 from capa_core import Runtime
 
@@ -40,24 +40,6 @@ VALUE = {"user": 42, "name": "Ada", "roles": ["admin", "dev"], "active": True}
 BATCH = 10
 
 Cycle = Callable[[int], object]  # publishes and consumes n messages
-
-
-def compare(capa: Cycle, raw: Cycle, total: int, chunk: int, rounds: int) -> tuple[float, ...]:
-    """Median messages/s of capa, of raw, and median of the per-round time ratios capa/raw."""
-    capa_rates, raw_rates, ratios = [], [], []
-    for r in range(rounds):
-        spent = {"capa": 0, "raw": 0}
-        sides = [("capa", capa), ("raw", raw)]
-        for c in range(total // chunk):
-            for side, cycle in sides if (r + c) % 2 == 0 else sides[::-1]:
-                start = time.perf_counter_ns()
-                cycle(chunk)
-                spent[side] += time.perf_counter_ns() - start
-        done = total // chunk * chunk
-        capa_rates.append(done / spent["capa"] * 1e9)
-        raw_rates.append(done / spent["raw"] * 1e9)
-        ratios.append(spent["capa"] / spent["raw"])
-    return statistics.median(capa_rates), statistics.median(raw_rates), statistics.median(ratios)
 
 
 def capa_cycle(runtime: Runtime, component: str, envelope: bool) -> Cycle:

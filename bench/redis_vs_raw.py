@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 import uuid
 from collections.abc import Callable
 
 import redis
+from harness import compare  # bench/ is on sys.path when run as a script
 
 from capa_core import Runtime
 from capa_core.components.redis import RedisState
@@ -46,24 +45,6 @@ def repeat(fn: Callable[[], object]) -> Batch:
         return n
 
     return batch
-
-
-def compare(capa: Batch, raw: Batch, total: int, chunk: int, rounds: int) -> tuple[float, ...]:
-    """Median ops/s of capa, of raw, and median of the per-round time ratios capa/raw."""
-    capa_rates, raw_rates, ratios = [], [], []
-    for r in range(rounds):
-        spent = {"capa": 0, "raw": 0}
-        sides = [("capa", capa), ("raw", raw)]
-        for c in range(total // chunk):
-            for side, batch in sides if (r + c) % 2 == 0 else sides[::-1]:
-                start = time.perf_counter_ns()
-                batch(chunk)
-                spent[side] += time.perf_counter_ns() - start
-        done = total // chunk * chunk
-        capa_rates.append(done / spent["capa"] * 1e9)
-        raw_rates.append(done / spent["raw"] * 1e9)
-        ratios.append(spent["capa"] / spent["raw"])
-    return statistics.median(capa_rates), statistics.median(raw_rates), statistics.median(ratios)
 
 
 def main() -> None:
