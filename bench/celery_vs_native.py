@@ -5,7 +5,7 @@ per side (same concurrency), 2,000 tasks ``.delay()``ed and their results collec
 then single-task round trips (delay + get: p50, p99). Medians of several rounds; prints the
 capa/native ratios (throughput: higher is better; latency: lower is better).
 
-    python bench/celery_vs_native.py [--tasks 2000] [--rounds 3] [--concurrency 2]
+    python bench/celery_vs_native.py [--tasks 2000] [--rounds 3] [--concurrency 2] [--broker redis]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 REDIS = "redis://127.0.0.1:6379/3"
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+PIKA_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"  # the same vhost as pika spells it
 
 PROJECT = '''
 import os
@@ -125,7 +126,7 @@ def delete_rabbitmq_queues(token: str) -> None:
                                 capture_output=True, text=True, timeout=60).stdout.split()
         import pika
 
-        connection = pika.BlockingConnection(pika.URLParameters(AMQP))
+        connection = pika.BlockingConnection(pika.URLParameters(PIKA_URL))
         channel = connection.channel()
         for name in listed:
             if token in name:
@@ -181,10 +182,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--broker", choices=["all", "redis", "rabbitmq"], default="all")
     args = parser.parse_args()
     if not reachable(6379):
         sys.exit("Redis is not reachable on 127.0.0.1:6379 (see SERVICES.md to start it)")
-    run("Redis", REDIS, REDIS, args)
+    if args.broker in ("all", "redis"):
+        run("Redis", REDIS, REDIS, args)
+    if args.broker == "redis":
+        return
     if reachable(5672):
         # Same result backend on both sides (Redis), so the broker is what differs.
         run("RabbitMQ", AMQP, REDIS, args)

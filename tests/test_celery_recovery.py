@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.celery_apps.harness import Project, make_project, wait_for
+from tests.celery_apps.harness import Project, delete_rabbitmq_queues, make_project, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def finished(proj: Any, ids: list[str]) -> int:
     return done
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "rabbitmq"])
 def test_kill9_mid_run_loses_no_task(
     backend: str, in_project_dir: Path, beat_run: BeatRun
 ) -> None:
@@ -91,6 +91,8 @@ def test_kill9_mid_run_loses_no_task(
         raise
     finally:
         project.stop_all()
+        if backend == "rabbitmq":
+            delete_rabbitmq_queues({f":{project.env['CAPA_TEST_PREFIX']}"})
 
 
 def sent_by(log: Path) -> int:

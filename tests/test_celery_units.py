@@ -44,6 +44,28 @@ def test_namespaced_and_old_setting_names_are_mapped(in_tmp: Path) -> None:
     assert old.backend.url == "sqlite:///b.db"  # rpc:// results live beside the broker
 
 
+def test_an_amqp_broker_behaves_as_celery_has_it_on_rabbitmq(in_tmp: Path) -> None:
+    """Classic queues and no wait for confirms, unless the app's settings say otherwise."""
+    require("rabbitmq")
+    url = "amqp://guest:guest@127.0.0.1:5672//"
+    apps = {
+        "default": Celery("u3", broker=url),
+        "quorum": Celery("u4", broker=url, task_default_queue_type="quorum"),
+        "confirm": Celery("u5", broker=url,
+                          broker_transport_options={"confirm_publish": True}),
+    }
+    seen = {}
+    for label, app in apps.items():
+        with app.connection_for_write() as connection:
+            component = connection.transport.pubsub.component
+            seen[label] = (component.queue_type, component.publisher_confirm)
+    assert seen == {
+        "default": ("classic", False),
+        "quorum": ("quorum", False),
+        "confirm": ("classic", True),
+    }
+
+
 def test_result_backend_urls() -> None:
     assert result_backend_url(None, None) == "capa://default"
     assert result_backend_url("capa://results", None) == "capa://results"

@@ -109,6 +109,8 @@ def test_discrete_settings_keep_special_characters_of_the_password() -> None:
         ({"url": URL, "queueExpiry": "0.5"}, "queueExpiry"),
         ({"url": URL, "exchange": ""}, "exchange"),
         ({"url": URL, "exchange": "x" * 201}, "exchange"),
+        ({"url": URL, "queueType": "stream"}, "queueType"),
+        ({"url": URL, "publisherConfirm": "sometimes"}, "publisherConfirm"),
     ],
 )
 def test_bad_settings_fail_at_construction_naming_the_setting(
@@ -165,6 +167,63 @@ def test_publish_returns_once_the_broker_holds_the_message(
     failed = bus.bulk_publish("orders", [(str(n), b"bulk", {}) for n in range(30)])
     assert failed == {}
     assert waiting(f"{exchange}:orders:billing") == 50
+
+
+def test_a_publisher_that_does_not_wait_publishes_again_what_the_broker_did_not_confirm(
+    exchange: str,
+) -> None:
+    import pika
+
+    require("rabbitmq")
+    made = component(exchange, publisherConfirm=False)
+    try:
+        made.ensure_group("orders", "g")
+        link = made._broker()
+
+        async def publish_then_refuse() -> None:
+            await link.publish("orders", [(f"m{n}".encode(), {}) for n in range(50)])
+            assert link.unconfirmed == 50  # publish() returned before any confirm came
+            # The broker's answer, as if it could not store them: basic.nack for all 50.
+            assert link.publisher is not None
+            refusal = pika.spec.Basic.Nack(delivery_tag=link.publisher.sequence, multiple=True)
+            link._confirmed(link.publisher, pika.frame.Method(1, refusal))
+
+        link.run(publish_then_refuse(), 10)
+    finally:
+        made.close()  # waits for the confirms of the copies published again
+    assert link.unconfirmed == 0
+    # The broker did store the originals, and the 50 published again: at least once, each.
+    connection, channel = raw_channel()
+    try:
+        bodies = []
+        while (got := channel.basic_get(f"{exchange}:orders:g", auto_ack=True))[0]:
+            bodies.append(got[2])
+    finally:
+        connection.close()
+    assert sorted(bodies) == sorted([f"m{n}".encode() for n in range(50)] * 2)
+
+
+def test_classic_queues_count_attempts_in_a_header_of_their_own(exchange: str) -> None:
+    require("rabbitmq")
+    made = component(exchange, queueType="classic")
+    try:
+        made.ensure_group("jobs", "g")
+        made.publish("jobs", b"retry me", {"x-tenant": "acme"})
+        attempts = []
+        for _ in range(3):
+            [delivery] = made.pull("jobs", "g", 1, 5.0, 30)
+            attempts.append(delivery.attempt)
+            assert delivery.metadata == {"x-tenant": "acme"}  # the counter stays internal
+            made.nack("jobs", "g", [delivery.id], 0.0)
+        assert attempts == [1, 2, 3]
+    finally:
+        made.close()
+    connection, channel = raw_channel()
+    try:
+        declared = channel.queue_declare(f"{exchange}:jobs:g", passive=True)
+        assert declared.method.message_count == 1  # counted copies replace the original
+    finally:
+        connection.close()
 
 
 def test_messages_are_persistent_with_metadata_in_headers(
@@ -268,8 +327,9 @@ def test_a_queue_declared_with_other_arguments_is_a_settings_error(
             made.ensure_group("t", "g")
         error = made.translate_error(caught.value)  # what the dispatch point raises
         assert isinstance(error, SettingsError)
-        assert error.key == "exchange"
-        assert "inequivalent arg" in str(error)
+        assert error.key == "queueType"
+        assert "inequivalent arg 'x-queue-type'" in str(error)
+        assert "set queueType to the type it has" in str(error)
         made.ensure_group("t", "other")  # the component still works for other groups
     finally:
         made.close()

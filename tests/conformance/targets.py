@@ -37,6 +37,8 @@ TARGETS: list[Target] = [
     # Targets of the server backends are added below, one line each.
     Target("redis", ALL, lambda u, tmp: {"url": "redis://127.0.0.1:6379/1", "keyPrefix": f"t-{u}:"}, service="redis"),  # noqa: E501
     Target("rabbitmq", frozenset({"pubsub"}), lambda u, tmp: {"url": "amqp://guest:guest@127.0.0.1:5672/", "exchange": f"capa.test.{u}", "queueExpiry": 60}, service="rabbitmq"),  # noqa: E501
+    # The settings Celery's amqp:// URL maps to: classic queues, publish without waiting.
+    Target("rabbitmq-classic", frozenset({"pubsub"}), lambda u, tmp: {"url": "amqp://guest:guest@127.0.0.1:5672/", "exchange": f"capa.test.{u}", "queueExpiry": 60, "queueType": "classic", "publisherConfirm": False}, service="rabbitmq"),  # noqa: E501
     Target("postgres", ALL, lambda u, tmp: {"url": "postgresql://postgres@127.0.0.1:5432/test", "table_prefix": "capa_conformance_"}, service="postgres"),  # noqa: E501  (shared tables kept small: tests isolate by app id and topic)
     Target("nats", frozenset({"pubsub"}), lambda u, tmp: {"url": "nats://127.0.0.1:4222", "stream": f"capa-test-{u}", "storage": "memory", "maxAge": 600}, service="nats"),  # noqa: E501
 ]

@@ -124,6 +124,11 @@ class Celery(_celery.Celery):  # type: ignore[misc]
         _check_component(mapped)
         # Our URL picks the transport; a broker_transport setting must not override it.
         kwargs["transport"] = runtimes.CAPA_SCHEME
+        # The queue type Celery would declare on RabbitMQ (see runtimes.legacy_metadata).
+        kwargs["transport_options"] = {
+            "queue_type": self.conf.task_default_queue_type,
+            **(kwargs.get("transport_options") or {}),
+        }
         return super()._connection(mapped, *args, **kwargs)
 
     def _get_backend(self) -> Any:

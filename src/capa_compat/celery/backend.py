@@ -21,7 +21,8 @@ from capa_core import Concurrency, ETagMismatch, Feature, StateStore
 
 from ..kombu import runtimes
 
-_FIRST_POLL = 0.001  # seconds; polls back off from here up to the caller's interval
+_QUICK_POLL = 0.00025  # seconds between polls while a quick task may be finishing
+_QUICK_FOR = 0.004  # how long polls stay quick before backing off
 _BACKOFF = 1.25
 _CAS_ATTEMPTS = 10_000
 
@@ -31,11 +32,17 @@ def _key(key: bytes | str) -> str:
 
 
 def poll_intervals(interval: float) -> Iterator[float]:
-    """Sleeps between result polls: short at first (most tasks are quick), then ``interval``."""
-    nap = min(_FIRST_POLL, interval)
+    """Sleeps between result polls: quick at first (most tasks are short), then up to ``interval``.
+
+    A poll is one read of the state store; the quick phase costs about 16 of them.
+    """
+    nap = min(_QUICK_POLL, interval)
+    waited = 0.0
     while True:
         yield nap
-        nap = min(nap * _BACKOFF, interval)
+        waited += nap
+        if waited >= _QUICK_FOR:
+            nap = min(nap * _BACKOFF, interval)
 
 
 def state_store_for(url: str | None) -> StateStore:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -101,21 +102,43 @@ def settings_runtime() -> Runtime:
         return runtime
 
 
-def legacy_runtime(block: str, url: str) -> Runtime:
+def legacy_metadata(url: str, transport_options: Mapping[str, Any]) -> dict[str, str]:
+    """Component settings that carry a legacy transport's behaviour over to capa.
+
+    On RabbitMQ, kombu's py-amqp transport waits for publisher confirms only with the transport
+    option ``confirm_publish`` (Celery leaves it off), and declares classic queues unless told
+    otherwise (``queue_type``, which capa's Celery app sets from ``task_default_queue_type``).
+    """
+    if url.partition("://")[0].lower() in ("amqp", "amqps"):
+        confirm = bool(transport_options.get("confirm_publish", False))
+        return {
+            "publisherConfirm": "true" if confirm else "false",
+            "queueType": str(transport_options.get("queue_type") or "classic"),
+        }
+    return {}
+
+
+def legacy_runtime(block: str, url: str, metadata: Mapping[str, str] | None = None) -> Runtime:
     """A Runtime whose ``block`` component named ``celery`` is built from a legacy URL."""
-    key = _fork_safe_key(block, url)
+    extra = dict(metadata or {})
+    key = _fork_safe_key(block, url + repr(sorted(extra.items())))
     with _runtimes_lock:
         runtime = _runtimes.get(key)
         if runtime is None:
-            document: dict[str, Any] = {block: {LEGACY_NAME: {"url": url}}}
+            document: dict[str, Any] = {block: {LEGACY_NAME: {**extra, "url": url}}}
             runtime = _runtimes[key] = Runtime.from_mapping(document)
         return runtime
 
 
-def resolve(block: str, target: str) -> tuple[Runtime, str]:
-    """(runtime, component name) for ``capa://NAME`` style names or a legacy component URL."""
+def resolve(
+    block: str, target: str, metadata: Mapping[str, str] | None = None
+) -> tuple[Runtime, str]:
+    """(runtime, component name) for ``capa://NAME`` style names or a legacy component URL.
+
+    ``metadata`` adds settings to a component built from a legacy URL.
+    """
     if "://" in target:
-        return legacy_runtime(block, target), LEGACY_NAME
+        return legacy_runtime(block, target, metadata), LEGACY_NAME
     return settings_runtime(), target or DEFAULT_COMPONENT
 
 

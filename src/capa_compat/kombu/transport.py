@@ -30,7 +30,9 @@ group on the exchange's topic, where later messages still collect.
 
 Transport options: ``topic_prefix`` (""), ``visibility_timeout`` (the lease, seconds; default the
 component's), ``max_attempts`` (5; 0 = unbounded), ``dead_letter_suffix`` (".dead"),
-``prefetch_limit`` (messages fetched ahead when a consumer sets no prefetch, 100).
+``prefetch_limit`` (messages fetched ahead when a consumer sets no prefetch, 100). With a legacy
+``amqp://`` URL, ``confirm_publish`` and ``queue_type`` (default "classic") set the RabbitMQ
+component as kombu's py-amqp transport behaves (capa_compat/kombu/runtimes.py).
 """
 
 from __future__ import annotations
@@ -574,7 +576,8 @@ class Transport(virtual.Transport):
         client = self.client
         hostname = client.hostname or runtimes.DEFAULT_COMPONENT
         if client.uri_prefix == runtimes.CAPA_SCHEME or "://" in hostname:
-            runtime, name = runtimes.resolve("pubsub", hostname)
+            metadata = runtimes.legacy_metadata(hostname, client.transport_options)
+            runtime, name = runtimes.resolve("pubsub", hostname, metadata)
         else:
             name = hostname if hostname != "localhost" else runtimes.DEFAULT_COMPONENT
             runtime, name = runtimes.resolve("pubsub", name)
