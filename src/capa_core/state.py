@@ -26,6 +26,8 @@ T = TypeVar("T")
 KEY_SEPARATOR = "||"  # Dapr's: "<app_id>||<key>"
 
 
+_new_request = tuple.__new__
+
 def key_prefix_for(app_id: str, setting: str | None) -> str:
     """The prefix a state component puts before keys: per app by default, or shared."""
     if setting is None or setting == "appid":
@@ -39,6 +41,8 @@ def check_ttl(ttl: Any) -> float | None:
     """Normalise a TTL: seconds > 0, or None / -1 for no expiry; anything else is an error."""
     if ttl is None:
         return None
+    if (ttl.__class__ is int or ttl.__class__ is float) and 0 < ttl < math.inf:
+        return float(ttl)  # the common case, with the fewest checks (a cache sets on every miss)
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise ValueError(f"ttl must be a number of seconds, got {ttl!r}")
     if ttl == -1:
@@ -107,7 +111,10 @@ class StateStore:
             self.component.require(Feature.ETAG, "etags and first-write concurrency need ETags")
         if seconds is not None and not self._has_ttl:
             self.component.require(Feature.TTL)
-        return SetRequest(self._key(key), self.codec.encode(value), etag, first_write, seconds)
+        # tuple.__new__ skips NamedTuple's Python-level __new__: a tenth of a write's cost.
+        return _new_request(
+            SetRequest, (self._key(key), self.codec.encode(value), etag, first_write, seconds)
+        )
 
     def _delete_request(
         self, key: str, etag: str | None, concurrency: Concurrency | str | None
