@@ -1,15 +1,19 @@
 """capa_compat.celery end to end: real ``celery`` workers and beats on each backend.
 
 One worker per backend serves every check of that backend (tests/celery_apps/proj.py). The
-embedded SQLite default runs everything; the server backends run the task, canvas and control
-checks; beat, kill -9 recovery and the long-task lease run on SQLite and Redis.
+embedded SQLite default runs everything; the server backends run the task, canvas, control and
+monitoring (``celery events``, Flower) checks, and a few checks of code that does not depend on
+the backend run on two. Beat and kill -9 recovery are in tests/test_celery_recovery.py.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -177,6 +181,39 @@ def test_inspect_ping(project: Project) -> None:
     done = project.celery("inspect", "ping", "--timeout", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "pong" in done.stdout
+
+
+def test_events_reach_celery_events_and_flower(project: Project, proj: Any) -> None:
+    """The worker's task events, switched on by a broadcast, reach both monitors."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    project.env["FLOWER_UNAUTHENTICATED_API"] = "true"  # Flower 2 serves its API only so
+    dump = project.start("events", "--dump", log="events.log")
+    flower = project.start("flower", "--address=127.0.0.1", f"--port={port}", log="flower.log",
+                           ready="Visit me at")
+    try:
+        enabled = project.celery("control", "enable_events", "--timeout", "5")
+        assert "OK" in enabled.stdout, enabled.stdout + enabled.stderr
+        results = [proj.add.delay(n, n) for n in range(3)]
+        assert [r.get(timeout=30) for r in results] == [0, 2, 4]
+        ids = {r.id for r in results}
+
+        def flower_saw_them() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as r:
+                tasks = json.load(r)
+            return all(tasks.get(i, {}).get("state") == "SUCCESS" for i in ids)
+
+        wait_for(flower_saw_them, 30, "Flower to list the three tasks as succeeded")
+        dumped = project.dir / "events.log"
+        wait_for(lambda: all(i in dumped.read_text(errors="replace") for i in ids), 30,
+                 "celery events --dump to print the three tasks")
+        assert "task succeeded" in dumped.read_text(errors="replace")
+    finally:
+        project.celery("control", "disable_events", "--timeout", "5")
+        for process in (dump, flower):
+            process.terminate()
+            process.wait(10)
 
 
 def test_unserializable_argument_is_named(proj: Any) -> None:
