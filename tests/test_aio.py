@@ -41,6 +41,15 @@ async def eventually(condition: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def test_every_async_client_pings(rt: Runtime) -> None:
+    async def main() -> None:
+        aio = rt.aio
+        for client in (aio.state(), aio.pubsub(), aio.configuration(), aio.lock(), aio.secrets()):
+            assert await client.ping() is None
+
+    asyncio.run(main())
+
+
 # --- state ---------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from capa_core import Runtime
 from capa_core.components.rabbitmq import RabbitMQPubSub, routing_key
 from capa_core.errors import ComponentUnavailable, SettingsError
 from capa_core.registry import resolve, type_for_url
+from capa_core.types import Delivery
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 EXPIRY = 60  # seconds: the broker deletes a test's queues this long after their last use
@@ -260,7 +261,10 @@ def test_the_holding_queue_keeps_early_messages_in_order_for_the_first_group(
     bus.ensure_group("early", "first")
     assert waiting(f"{exchange}.unrouted:early") == 0
     bus.ensure_group("early", "second")
-    got = bus.pull("early", "first", 10, 1.0, 5)
+    got: list[Delivery] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 5 and time.monotonic() < deadline:  # a pull may return part of a burst
+        got += bus.pull("early", "first", 10, 1.0, 5)
     assert [d.data for d in got] == [b"0", b"1", b"2", b"3", b"4"]
     assert [d.attempt for d in got] == [1] * 5
     bus.ack("early", "first", [d.id for d in got])
@@ -361,7 +365,9 @@ def test_an_unreachable_broker_is_component_unavailable_within_bounds(unique: st
         started = time.monotonic()
         with pytest.raises(ComponentUnavailable, match=r"127\.0\.0\.1:1/.*[Rr]efused"):
             rt.pubsub("bus").publish("t", 1)
-        assert time.monotonic() - started < 5
+        with pytest.raises(ComponentUnavailable, match=r"127\.0\.0\.1:1/.*[Rr]efused"):
+            rt.pubsub("bus").ping()
+        assert time.monotonic() - started < 10
     finally:
         rt.close()
 

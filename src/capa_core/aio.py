@@ -43,6 +43,9 @@ class AsyncStateStore:
     def __init__(self, store: StateStore) -> None:
         self.sync = store
 
+    async def ping(self) -> None:
+        await _run(self.sync.ping)
+
     async def get(self, key: str) -> StateItem | None:
         return await _run(self.sync.get, key)
 
@@ -131,6 +134,9 @@ class AsyncPubSub:
     def __init__(self, pubsub: PubSub) -> None:
         self.sync = pubsub
 
+    async def ping(self) -> None:
+        await _run(self.sync.ping)
+
     async def publish(self, topic: str, data: Any, **options: Any) -> None:
         await _run(self.sync.publish, topic, data, **options)
 
@@ -164,6 +170,9 @@ class AsyncPubSub:
 class AsyncConfiguration:
     def __init__(self, configuration: Configuration) -> None:
         self.sync = configuration
+
+    async def ping(self) -> None:
+        await _run(self.sync.ping)
 
     async def get(
         self, keys: Sequence[str] = (), *, group: str = "", label: str = ""
@@ -203,6 +212,9 @@ class AsyncLock:
     def __init__(self, lock: Lock) -> None:
         self.sync = lock
 
+    async def ping(self) -> None:
+        await _run(self.sync.ping)
+
     async def try_lock(self, resource_id: str, owner: str, expiry: float) -> bool:
         return await _run(self.sync.try_lock, resource_id, owner, expiry)
 
@@ -230,6 +242,9 @@ class AsyncLock:
 class AsyncSecretStore:
     def __init__(self, store: SecretStore) -> None:
         self.sync = store
+
+    async def ping(self) -> None:
+        await _run(self.sync.ping)
 
     async def get(self, name: str) -> dict[str, str]:
         return await _run(self.sync.get, name)

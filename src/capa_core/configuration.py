@@ -47,6 +47,10 @@ class Configuration:
         self.app_id = app_id
         self._call = dispatcher.call
 
+    def ping(self) -> None:
+        """Return when the component's middleware answers; ComponentUnavailable when it does not."""
+        self._call(self.component, "ping", self.component.ping)
+
     def get(
         self, keys: Sequence[str] = (), *, group: str = "", label: str = ""
     ) -> list[ConfigurationItem]:

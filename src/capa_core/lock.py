@@ -38,6 +38,10 @@ class Lock:
         self.key_prefix = key_prefix
         self._call = dispatcher.call
 
+    def ping(self) -> None:
+        """Return when the component's middleware answers; ComponentUnavailable when it does not."""
+        self._call(self.component, "ping", self.component.ping)
+
     def _resource(self, resource_id: str) -> str:
         if not isinstance(resource_id, str) or not resource_id:
             raise ValueError(f"resource ids are non-empty strings, got {resource_id!r}")

@@ -310,6 +310,10 @@ class PubSub:
         self._consumers: dict[tuple[Any, ...], _Consumer] = {}
         self.lease_keeper = _LeaseKeeper(self)
 
+    def ping(self) -> None:
+        """Return when the component's middleware answers; ComponentUnavailable when it does not."""
+        self._call(self.component, "ping", self.component.ping)
+
     # --- publishing -----------------------------------------------------------------------------
 
     def envelope(self, topic: str, data: Any, *, event_type: str | None = None) -> dict[str, Any]:

@@ -14,6 +14,10 @@ class SecretStore:
         self.name = component.name
         self._call = dispatcher.call
 
+    def ping(self) -> None:
+        """Return when the component's middleware answers; ComponentUnavailable when it does not."""
+        self._call(self.component, "ping", self.component.ping)
+
     def get(self, name: str) -> dict[str, str]:
         """The secret ``name`` as {key: value}; SecretNotFound when absent."""
         return self._call(self.component, "get", self.component.get, name)

@@ -105,6 +105,12 @@ class Component(abc.ABC):
         """Map a driver exception to a typed error; None keeps the original."""
         return None
 
+    def ping(self) -> None:
+        """Return when the middleware answers; raise a transient error when it does not.
+
+        In-process components have nothing to ask: the default returns at once.
+        """
+
     def close(self) -> None:
         """Release connections and threads. Called once by the Runtime."""
 

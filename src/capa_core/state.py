@@ -86,6 +86,10 @@ class StateStore:
         self._has_etag = Feature.ETAG in component.features
         self._has_ttl = Feature.TTL in component.features
 
+    def ping(self) -> None:
+        """Return when the component's middleware answers; ComponentUnavailable when it does not."""
+        self._call(self.component, "ping", self.component.ping)
+
     # Keys, TTLs and concurrency are checked here, once, before any component sees them.
 
     def _key(self, key: str) -> str:

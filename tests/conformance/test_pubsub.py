@@ -99,6 +99,9 @@ class TestPubSubConformance:
 
     # --- payloads and the envelope --------------------------------------------------------------
 
+    def test_ping_answers(self, bus: PubSub) -> None:
+        assert bus.ping() is None
+
     @pytest.mark.parametrize("name", list(PAYLOADS))
     def test_payloads_round_trip(self, bus: PubSub, topic: str, name: str) -> None:
         declare(bus, topic, "g")

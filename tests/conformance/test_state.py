@@ -91,6 +91,9 @@ class TestStateConformance:
         store.bulk_delete(KEYS)
         assert store.bulk_get(KEYS) == [None] * len(KEYS)
 
+    def test_ping_answers(self, store: StateStore) -> None:
+        assert store.ping() is None
+
     def test_get_of_a_missing_key_is_none(self, store: StateStore) -> None:
         assert store.get("never-written") is None
         assert store.get_value("never-written", "fallback") == "fallback"

@@ -23,10 +23,12 @@ requeue hands it back at once, and a process that dies without settling has its 
 out again when the lease runs out. A message delivered more than ``max_attempts`` times, or
 rejected without requeue, goes to the topic of queue ``Q.dead``.
 
-Limits: capa pub/sub does not count waiting messages, so queue sizes (``qsize``, the message count
-of ``queue_declare``) read 0; and it cannot remove a group, so deleting an auto-delete queue bound
-to a fanout or topic exchange (``celery inspect`` reply queues, ``celery events`` queues) leaves its
-group on the exchange's topic, where later messages still collect.
+Limits: a message's ``expiration`` (AMQP's per-message TTL) is kept but not enforced, as by
+kombu's Redis transport: a consumer still gets the message, and Celery marks an expired task
+REVOKED when it sees it. capa pub/sub does not count waiting messages, so queue sizes (``qsize``,
+the message count of ``queue_declare``) read 0; and it cannot remove a group, so deleting an
+auto-delete queue bound to a fanout or topic exchange (``celery inspect`` reply queues, ``celery
+events`` queues) leaves its group on the exchange's topic, where later messages still collect.
 
 Transport options: ``topic_prefix`` (""), ``visibility_timeout`` (the lease, seconds; default the
 component's), ``max_attempts`` (5; 0 = unbounded), ``dead_letter_suffix`` (".dead"),
@@ -52,7 +54,7 @@ from typing import Any, NamedTuple
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 
-from capa_core import ComponentNotFound, PubSub, UnsupportedFeature
+from capa_core import ComponentNotFound, ComponentUnavailable, PubSub, UnsupportedFeature
 from capa_core.types import Delivery
 
 from . import runtimes
@@ -537,6 +539,7 @@ class Transport(virtual.Transport):
     Channel = Channel
     driver_type = "capa"
     driver_name = "capa"
+    connection_errors = (ComponentUnavailable, *virtual.Transport.connection_errors)
     default_port = None
     polling_interval = None
     implements = virtual.Transport.implements.extend(
@@ -587,7 +590,9 @@ class Transport(virtual.Transport):
             raise ComponentNotFound("pubsub", name, exc.known) from None
 
     def establish_connection(self) -> Transport:
-        self.pubsub  # noqa: B018 - fail now, naming the configured components, not at first use
+        # Fail now, as kombu's own transports do: an unknown component name lists the
+        # configured ones, an unreachable server is a connection error kombu retries.
+        self.pubsub.ping()
         return super().establish_connection()  # type: ignore[no-any-return]
 
     def driver_version(self) -> str:

@@ -252,6 +252,9 @@ class NatsPubSub(PubSubComponent):
         if ours and link is not None:
             link.settle_soon(ours, payload)
 
+    def ping(self) -> None:
+        self._run(lambda link: link.ping(), self.connect_timeout + self.request_timeout + 5)
+
     def purge(self, topic: str, group: str) -> int:
         """Acknowledge, and so drop, every message waiting for ``group``; return how many."""
         return self._run(lambda link: link.purge(topic, group),
@@ -328,6 +331,14 @@ class _Link:
         self.topology_lock = asyncio.Lock()
 
     # --- connecting -----------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """A PING the server answers (the connection is opened first if need be)."""
+        client = await self._connection()
+        try:
+            await client.flush(timeout=self.owner.request_timeout)
+        except Exception as exc:
+            raise _failure(exc, "ping") from exc
 
     async def _connection(self) -> Any:
         """The connection, opened on first use; nats-py keeps it up (reconnecting) after that."""

@@ -539,7 +539,16 @@ def _etag() -> str:
     return os.urandom(8).hex()
 
 
-class PostgresState(StateComponent):
+class _OnDatabase(Component):
+    """A component whose middleware is the PostgreSQL database of its ``_db``."""
+
+    _db: _Database
+
+    def ping(self) -> None:
+        self._db.execute("SELECT 1", (), ONE)
+
+
+class PostgresState(_OnDatabase, StateComponent):
     kind = "postgres"
     features = frozenset({Feature.ETAG, Feature.TTL, Feature.TRANSACTIONAL, Feature.KEYS})
 
@@ -744,7 +753,7 @@ class _Wakeups:
             self._changed.wait_for(lambda: self.seen(topic) != seen, timeout)
 
 
-class PostgresPubSub(PubSubComponent):
+class PostgresPubSub(_OnDatabase, PubSubComponent):
     kind = "postgres"
 
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
@@ -943,7 +952,7 @@ def _lock_ddl(t: Mapping[str, str]) -> list[str]:
     ]
 
 
-class PostgresLock(LockComponent):
+class PostgresLock(_OnDatabase, LockComponent):
     kind = "postgres"
 
     def __init__(self, name: str, metadata: Mapping[str, Any], *, source: str = "") -> None:
@@ -1012,7 +1021,7 @@ def _change_record(change: ConfigurationChange) -> list[Any]:
     ]
 
 
-class PostgresConfiguration(ConfigurationComponent):
+class PostgresConfiguration(_OnDatabase, ConfigurationComponent):
     kind = "postgres"
     features = frozenset({Feature.WRITE, Feature.WATCH})
 

@@ -16,10 +16,11 @@ the broker confirmed it holds the message. Group G of T is the durable queue ``<
 (a quorum queue by default) bound with key T; quorum queues count redeliveries in
 ``x-delivery-count``, which gives Delivery.attempt. With ``queueType = "classic"`` the group
 queues are classic durable queues, which hand a message to a consumer without first committing it
-to disk (about half a millisecond less per hop here; Celery declares these by default). They only
-flag a redelivery, so a redelivered message is published again to its queue with its attempt
-number in the header ``x-capa-attempt`` and the original acked: attempts count as on a quorum
-queue, and a redelivered message goes to the back of the queue.
+to disk (about half a millisecond less per hop here; Celery declares these by default). They
+only flag a redelivery, so the component counts attempts in a header, ``x-capa-attempt``: a
+message nacked or whose lease runs out is published again to its queue with the count raised and
+the original acked (instead of basic.nack), and so is one the broker redelivers on its own (its
+consumer's connection closed). A message requeued so goes to the back of the queue.
 
 Confirms. With ``publisherConfirm`` false (Dapr's setting; kombu's ``confirm_publish`` off, as
 Celery has it on RabbitMQ) publish() returns once the message is written to the connection, without
@@ -289,6 +290,9 @@ class RabbitMQPubSub(PubSubComponent):
             return
         link.settle_soon(topic, group, list(ids), how, seconds)
 
+    def ping(self) -> None:
+        self._run(lambda link: link.connected(), self.connect_timeout + 5)
+
     def purge(self, topic: str, group: str) -> int:
         return self._run(lambda link: link.purge(topic, group), self.connect_timeout + 30)
 
@@ -385,6 +389,8 @@ class _Feed:
     channel: _Channel | None = None
     qos: int = 0  # the channel's basic.qos prefetch, which consumers started later get
     held: dict[int, asyncio.TimerHandle] = field(default_factory=dict)  # tag -> lease timer
+    # Classic queues: what a delivery in hand needs to be published again when it is requeued.
+    kept: dict[int, tuple[Any, bytes]] = field(default_factory=dict)
     # The standing consumer, its prefetch, and what the broker pushed to it that no pull took.
     consumer: str | None = None
     window: int = 0
@@ -578,6 +584,9 @@ class _Link:
         self.exchanges_declared = False  # declarations are cheap; redo them after a restart
         self.topics.clear()
         self.groups.clear()
+
+    async def connected(self) -> None:
+        await self._ready()
 
     async def _ready(self) -> Any:
         """The open connection, waiting up to connectTimeout for it."""
@@ -959,6 +968,7 @@ class _Link:
         for timer in feed.held.values():
             timer.cancel()
         feed.held.clear()
+        feed.kept.clear()
         feed.arrived.clear()  # the broker requeues them with the channel
         feed.consumer, feed.window = None, 0
         if feed.retire is not None:
@@ -1009,7 +1019,10 @@ class _Link:
                 while len(got) < max_messages and (message := await self._get(channel,
                                                                               feed.queue)):
                     if message[0].redelivered and not self.counts_deliveries:
-                        self._in_background(self._recount(feed, channel, *message))
+                        method, properties, body = message
+                        self._in_background(
+                            self._recount(feed, channel, method.delivery_tag, properties, body)
+                        )
                         continue
                     got.append(message)
         except BaseException:
@@ -1040,6 +1053,9 @@ class _Link:
                     waiter.cancel()
             if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
                 raise waiter.exception()  # type: ignore[misc]
+            if len(feed.arrived) < max_messages:
+                # One more turn of the loop reads what the socket holds of the same burst.
+                await asyncio.sleep(0)
         return self._take_arrived(feed, max_messages)
 
     async def _stand(self, feed: _Feed, channel: _Channel, window: int) -> None:
@@ -1048,7 +1064,9 @@ class _Link:
 
         def on_message(_raw: Any, method: Any, properties: Any, body: bytes) -> None:
             if method.redelivered and not self.counts_deliveries:
-                self._in_background(self._recount(feed, channel, method, properties, body))
+                self._in_background(
+                    self._recount(feed, channel, method.delivery_tag, properties, body)
+                )
                 return
             feed.arrived.append((method, properties, body))
             if feed.waiters and not feed.waking:
@@ -1073,12 +1091,15 @@ class _Link:
                 feed.consumer, feed.window = frame.method.consumer_tag, window
 
     async def _recount(
-        self, feed: _Feed, channel: _Channel, method: Any, properties: Any, body: bytes
+        self, feed: _Feed, channel: _Channel, tag: int, properties: Any, body: bytes
     ) -> None:
-        """Publish a redelivered message again with one attempt more, then ack the original.
+        """Requeue a message of a classic queue: publish it again with one attempt more, then ack
+        the original delivery ``tag``.
 
-        For classic queues, which only flag a redelivery. Between the two steps the message
-        exists twice for a moment; should this process die then, it is delivered twice.
+        Classic queues only flag a redelivery, so a message goes back to the queue this way
+        when it is nacked or its lease runs out, and when the broker redelivers one on its own
+        (its consumer's connection closed). Between the two steps the message exists twice for
+        a moment; should this process die then, it is delivered twice.
         """
         import pika
 
@@ -1094,10 +1115,10 @@ class _Link:
             log.warning("could not count a redelivery of a message of %s (%s): it stays queued",
                         feed.queue, exc)
             if channel.usable:
-                channel.channel.basic_nack(method.delivery_tag, requeue=True)
+                channel.channel.basic_nack(tag, requeue=True)
             return
         if channel.usable:
-            channel.channel.basic_ack(method.delivery_tag)
+            channel.channel.basic_ack(tag)
 
     def _wake(self, feed: _Feed) -> None:
         feed.waking = False
@@ -1149,13 +1170,22 @@ class _Link:
             else 2 if method.redelivered else 1
         )
         feed.held[tag] = self.loop.call_later(lease, self._expire, feed, channel, tag)
+        if not self.counts_deliveries:
+            feed.kept[tag] = (properties, body)
         metadata = {str(k): _text(v) for k, v in headers.items()}
         return Delivery(f"{channel.epoch}.{tag}", body, attempt, metadata)
 
     def _expire(self, feed: _Feed, channel: _Channel, tag: int) -> None:
         """A lease ran out (or a nack delay passed): back to the queue, one delivery more."""
         if feed.held.pop(tag, None) is not None and feed.channel is channel and channel.usable:
+            self._requeue(feed, channel, tag)
+
+    def _requeue(self, feed: _Feed, channel: _Channel, tag: int) -> None:
+        kept = feed.kept.pop(tag, None)
+        if kept is None:  # a quorum queue counts the delivery itself
             channel.channel.basic_nack(tag, requeue=True)
+        else:  # a classic queue: the copy carries the count
+            self._in_background(self._recount(feed, channel, tag, *kept))
 
     def settle(self, topic: str, group: str, ids: list[str], how: str, seconds: float) -> None:
         """ack, nack (after ``seconds``) or extend (by ``seconds``) deliveries in hand."""
@@ -1173,9 +1203,10 @@ class _Link:
                 continue  # already settled, or its lease ran out
             timer.cancel()
             if how == "ack":
+                feed.kept.pop(tag, None)
                 channel.channel.basic_ack(tag)
             elif how == "nack" and seconds <= 0:
-                channel.channel.basic_nack(tag, requeue=True)
+                self._requeue(feed, channel, tag)
             else:  # a delayed nack, or a lease extension: the same timer, with a new deadline
                 feed.held[tag] = self.loop.call_later(seconds, self._expire, feed, channel, tag)
 

@@ -254,6 +254,9 @@ class _RedisComponent(Component):
         retry = Retry(ExponentialBackoff(cap=cap, base=0.05), count if retries is None else retries)
         return Redis(**options, retry=retry)
 
+    def ping(self) -> None:
+        self._client.ping()
+
     def _eval(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
             return self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
