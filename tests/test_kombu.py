@@ -172,6 +172,30 @@ def test_fanout_reaches_every_bound_queue(conn: Connection) -> None:
     assert sorted(got) == [("news-a", {"headline": 1}), ("news-b", {"headline": 1})]
 
 
+def test_deleted_and_auto_delete_queues_stop_collecting(conn: Connection) -> None:
+    fanout = Exchange("alerts", type="fanout")
+    anchor, kept = Queue("alerts-anchor", fanout), Queue("alerts-kept", fanout)
+    passing = Queue("alerts-passing", fanout, auto_delete=True)  # as `celery events` declares
+    channel = conn.channel()
+    for queue in (anchor, kept):
+        queue(channel).declare()
+    listener = Consumer(channel, [passing], callbacks=[lambda body, message: message.ack()])
+    listener.consume()
+    listener.cancel()  # its last consumer gone, the auto-delete queue is deleted
+    producer = Producer(channel, exchange=fanout)
+    producer.publish({"n": 1}, declare=[fanout])
+    kept(channel).delete()
+    producer.publish({"n": 2})
+    for queue in (passing, kept):  # declared anew: what was sent meanwhile never reached them
+        queue(channel).declare()
+        assert queue(channel).get(no_ack=True) is None, queue.name
+    got = []
+    while (message := anchor(channel).get(no_ack=True)) is not None or len(got) < 2:
+        if message is not None:
+            got.append(message.payload)
+    assert got == [{"n": 1}, {"n": 2}]  # the queue that stayed lost nothing
+
+
 def test_topic_exchange_routes_by_pattern(conn: Connection) -> None:
     topic = Exchange("events", type="topic")
     errors = Queue("errors", topic, routing_key="*.error")

@@ -532,6 +532,10 @@ class PubSub:
     def purge(self, topic: str, *, group: str = DEFAULT_GROUP) -> int:
         return self._call(self.component, "purge", self.component.purge, topic, group)
 
+    def delete_group(self, topic: str, *, group: str = DEFAULT_GROUP) -> None:
+        """Remove ``group`` of ``topic`` with the messages waiting for it (a queue delete)."""
+        self._call(self.component, "delete_group", self.component.delete_group, topic, group)
+
     def close(self) -> None:
         # Signal every subscription before waiting for any, so their last pulls end together.
         for subscription in self._subscriptions:

@@ -229,6 +229,10 @@ class PubSubComponent(Component):
         """Drop the messages waiting for ``group``; return how many. Optional primitive."""
         raise UnsupportedFeature(f"{self.name} ({self.type_name})", "purge")
 
+    def delete_group(self, topic: str, group: str) -> None:
+        """Remove ``group`` and what waits for it: it gets nothing more. Optional primitive."""
+        raise UnsupportedFeature(f"{self.name} ({self.type_name})", "delete_group")
+
 
 # --- configuration -----------------------------------------------------------------------------
 

@@ -572,3 +572,30 @@ class TestPubSubConformance:
             return
         assert purged == 3
         assert bus.pull(topic, group="g", timeout=0.2) == []
+
+    def test_delete_group_drops_it_and_what_waits_for_it_or_is_refused(
+        self, bus: PubSub, topic: str
+    ) -> None:
+        declare(bus, topic, "gone")
+        declare(bus, topic, "kept")
+        bus.publish(topic, 1)
+        [held] = pull_n(bus, topic, 1, group="gone")  # one in hand when the group goes
+        bus.publish(topic, 2)
+        try:
+            bus.delete_group(topic, group="gone")
+        except UnsupportedFeature as exc:
+            assert exc.feature == "delete_group"
+            return
+        held.ack()  # harmless: its group is gone
+        bus.publish(topic, 3)
+        kept = pull_n(bus, topic, 3, group="kept")
+        for message in kept:
+            message.ack()
+        assert sorted(m.data for m in kept) == [1, 2, 3]  # the other group lost nothing
+        # Declared again, the group starts empty: nothing of before, everything after.
+        declare(bus, topic, "gone")
+        bus.publish(topic, 4)
+        [again] = pull_n(bus, topic, 1, group="gone")
+        again.ack()
+        assert again.data == 4
+        assert bus.pull(topic, group="gone", timeout=0.3) == []

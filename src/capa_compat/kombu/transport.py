@@ -26,9 +26,10 @@ rejected without requeue, goes to the topic of queue ``Q.dead``.
 Limits: a message's ``expiration`` (AMQP's per-message TTL) is kept but not enforced, as by
 kombu's Redis transport: a consumer still gets the message, and Celery marks an expired task
 REVOKED when it sees it. capa pub/sub does not count waiting messages, so queue sizes (``qsize``,
-the message count of ``queue_declare``) read 0; and it cannot remove a group, so deleting an
-auto-delete queue bound to a fanout or topic exchange (``celery inspect`` reply queues, ``celery
-events`` queues) leaves its group on the exchange's topic, where later messages still collect.
+the message count of ``queue_declare``) read 0. Deleting a queue removes its groups (with what
+waits in them), and so does cancelling the last consumer in this process of a queue declared
+auto-delete (``celery events``, ``celery inspect`` replies, a worker's control queue); a process
+killed before that leaves the group behind.
 
 Transport options: ``topic_prefix`` (""), ``visibility_timeout`` (the lease, seconds; default the
 component's), ``max_attempts`` (5; 0 = unbounded), ``dead_letter_suffix`` (".dead"),
@@ -100,6 +101,7 @@ class BrokerState(virtual.BrokerState):
         super().__init__()
         self.priorities: dict[str, int] = {}  # queue -> x-max-priority
         self.ensured: set[tuple[str, str]] = set()
+        self.auto_delete: set[str] = set()  # queues to delete when their last consumer goes
 
 
 class QoS(virtual.QoS):
@@ -134,6 +136,8 @@ class _Fetcher:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.stopped = threading.Event()
+        self.pulling: str | None = None  # the queue a pull is under way for
+        self.pulled = threading.Condition()
         self.thread = threading.Thread(
             target=self._run, name=f"capa-kombu-channel-{channel.channel_id}", daemon=True
         )
@@ -143,6 +147,21 @@ class _Fetcher:
         self.stopped.set()
         with self.channel.budget_changed:
             self.channel.budget_changed.notify_all()
+
+    def pull(self, pair: tuple[str, Source], n: int, timeout: float) -> list[Delivery]:
+        with self.pulled:
+            self.pulling = pair[0]
+        try:
+            return self.channel.pull(pair[1], pair[0], n, timeout)
+        finally:
+            with self.pulled:
+                self.pulling = None
+                self.pulled.notify_all()
+
+    def wait_out(self, queue: str) -> None:
+        """Return once no pull of ``queue`` is under way (one may take up to ``_BLOCK``)."""
+        with self.pulled:
+            self.pulled.wait_for(lambda: self.pulling != queue, timeout=_BLOCK * 2)
 
     def _run(self) -> None:
         channel = self.channel
@@ -174,14 +193,14 @@ class _Fetcher:
                 for pair in rotated:
                     if next_look.get(pair, 0.0) > now:
                         continue
-                    deliveries = channel.pull(pair[1], pair[0], n, 0.0)
+                    deliveries = self.pull(pair, n, 0.0)
                     if deliveries:
                         got = (pair, deliveries)
                         break
                     next_look[pair] = now + _SWEEP_EVERY
                 if got is None:
                     wait = _BLOCK if len(pairs) == 1 else _SWEEP_EVERY
-                    deliveries = channel.pull(hot[1], hot[0], n, wait)
+                    deliveries = self.pull(hot, n, wait)
                     if deliveries:
                         got = (hot, deliveries)
                 if got is not None:
@@ -269,6 +288,8 @@ class Channel(virtual.Channel):
     # --- declaring -------------------------------------------------------------------------
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        if kwargs.get("auto_delete"):
+            self.state.auto_delete.add(queue)
         arguments = kwargs.get("arguments") or {}
         max_priority = arguments.get("x-max-priority")
         if max_priority:
@@ -310,8 +331,25 @@ class Channel(virtual.Channel):
                 purged += self.pubsub.purge(source.topic, group=queue)
         return purged
 
+    def queue_delete(
+        self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any
+    ) -> None:
+        sources = self.sources(queue)  # before kombu forgets the queue's bindings
+        super().queue_delete(queue, if_unused, if_empty, **kwargs)
+        if self._fetcher is not None and queue not in self._active_queues:
+            self._fetcher.wait_out(queue)  # a pull under way would declare the group again
+        for source in sources:
+            try:
+                self.pubsub.delete_group(source.topic, group=queue)
+            except UnsupportedFeature:
+                with contextlib.suppress(UnsupportedFeature):
+                    self.pubsub.purge(source.topic, group=queue)
+            self.state.ensured.discard((source.topic, queue))
+        self.state.priorities.pop(queue, None)
+        self.state.auto_delete.discard(queue)
+
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
-        self._purge(queue)
+        """kombu calls this once per binding; queue_delete removes the groups, once."""
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -374,6 +412,9 @@ class Channel(virtual.Channel):
         if queue is not None and queue not in self._active_queues:
             self._no_ack.discard(queue)
             self._return_buffered(queue)
+            consumed = any(queue in channel._active_queues for channel in self.transport.channels)
+            if queue in self.state.auto_delete and not consumed:
+                self.queue_delete(queue)  # as a broker deletes an auto-delete queue
 
     def consumed_sources(self) -> list[tuple[str, Source]]:
         """(queue, source) for every topic of every queue consumed on this channel."""

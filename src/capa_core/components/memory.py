@@ -261,18 +261,21 @@ class MemoryPubSub(PubSubComponent):
             out.append(Delivery(delivery_id, message[0], 1, message[1]))
         return out
 
-    def _group(self, topic: str, group: str) -> _Group:
-        return self._bus.topics[topic].groups[group]
+    def _pending(self, topic: str, group: str) -> dict[str, _Pending]:
+        """The deliveries in hand of a group; none when the group is gone (deleted)."""
+        state = self._bus.topics.get(topic)
+        found = None if state is None else state.groups.get(group)
+        return {} if found is None else found.pending
 
     def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
         with self._bus.changed:
-            pending = self._group(topic, group).pending
+            pending = self._pending(topic, group)
             for delivery_id in ids:
                 pending.pop(delivery_id, None)
 
     def nack(self, topic: str, group: str, ids: Sequence[str], delay: float) -> None:
         with self._bus.changed:
-            pending = self._group(topic, group).pending
+            pending = self._pending(topic, group)
             for delivery_id in ids:
                 if delivery_id in pending:
                     pending[delivery_id].visible_at = time.time() + delay
@@ -280,10 +283,16 @@ class MemoryPubSub(PubSubComponent):
 
     def extend(self, topic: str, group: str, ids: Sequence[str], lease: float) -> None:
         with self._bus.changed:
-            pending = self._group(topic, group).pending
+            pending = self._pending(topic, group)
             for delivery_id in ids:
                 if delivery_id in pending:
                     pending[delivery_id].visible_at = time.time() + lease
+
+    def delete_group(self, topic: str, group: str) -> None:
+        with self._bus.changed:
+            state = self._bus.topics.get(topic)
+            if state is not None:
+                state.groups.pop(group, None)
 
     def purge(self, topic: str, group: str) -> int:
         with self._bus.changed:

@@ -255,6 +255,10 @@ class NatsPubSub(PubSubComponent):
     def ping(self) -> None:
         self._run(lambda link: link.ping(), self.connect_timeout + self.request_timeout + 5)
 
+    def delete_group(self, topic: str, group: str) -> None:
+        self._run(lambda link: link.delete_group(topic, group),
+                  self.connect_timeout + self.request_timeout + 5)
+
     def purge(self, topic: str, group: str) -> int:
         """Acknowledge, and so drop, every message waiting for ``group``; return how many."""
         return self._run(lambda link: link.purge(topic, group),
@@ -638,6 +642,20 @@ class _Link:
         task = self.loop.create_task(send())
         self.settling.add(task)
         task.add_done_callback(self.settling.discard)
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        import nats.js.errors
+
+        self.groups.pop((topic, group), None)
+        durable = durable_name(topic, group)
+        self.ack_waits.pop(durable, None)
+        js = await self._ensure_stream()
+        try:
+            await js.delete_consumer(self.stream, durable)
+        except nats.js.errors.NotFoundError:
+            pass  # never made, or deleted already
+        except Exception as exc:
+            raise _failure(exc, f"consumer of {topic}/{group}") from exc
 
     async def purge(self, topic: str, group: str) -> int:
         durable = await self.ensure_group(topic, group)

@@ -808,6 +808,8 @@ class PostgresPubSub(_OnDatabase, PubSubComponent):
         self._add_group = f"INSERT INTO {g} (topic, grp) VALUES (%s, %s) ON CONFLICT DO NOTHING"
         self._first_group = f"SELECT grp FROM {g} WHERE topic = %s ORDER BY seq LIMIT 1"
         self._adopt = f"UPDATE {m} SET grp = %s WHERE topic = %s AND grp = ''"
+        self._drop_group = f"DELETE FROM {g} WHERE topic = %s AND grp = %s"
+        self._drop_copies = f"DELETE FROM {m} WHERE topic = %s AND grp = %s"
         # (topic, group) -> whether it is the topic's first group (which owns its backlog)
         self._groups: dict[tuple[str, str], bool] = {}
         self._wakeups = _Wakeups()
@@ -927,6 +929,17 @@ class PostgresPubSub(_OnDatabase, PubSubComponent):
 
     def purge(self, topic: str, group: str) -> int:
         return int(self._db.execute(self._purge, (topic, group), COUNT))
+
+    def delete_group(self, topic: str, group: str) -> None:
+        self._groups.pop((topic, group), None)
+        self._marked.pop((topic, group), None)
+
+        def work(cur: Any) -> None:
+            with cur.connection.transaction():
+                cur.execute(self._drop_group, (topic, group))
+                cur.execute(self._drop_copies, (topic, group))
+
+        self._db.run(work)
 
     def translate_error(self, exc: Exception) -> CapaError | None:
         return _translate(self, exc)

@@ -293,6 +293,9 @@ class RabbitMQPubSub(PubSubComponent):
     def ping(self) -> None:
         self._run(lambda link: link.connected(), self.connect_timeout + 5)
 
+    def delete_group(self, topic: str, group: str) -> None:
+        self._run(lambda link: link.delete_group(topic, group), self.connect_timeout + 30)
+
     def purge(self, topic: str, group: str) -> int:
         return self._run(lambda link: link.purge(topic, group), self.connect_timeout + 30)
 
@@ -937,6 +940,20 @@ class _Link:
                 feed.channel.channel.basic_ack(method.delivery_tag)
                 dropped += 1
         return int(frame.method.message_count) + dropped
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        feed = self.feeds.pop((topic, group), None)
+        if feed is not None and feed.channel is not None:
+            channel = feed.channel
+            self._drop_feed_channel(feed, RabbitMQUnavailable("the group was deleted"))
+            if channel.usable:
+                channel.channel.close()  # what it held goes back to the queue, deleted next
+        self.groups.discard((topic, group))
+        assert self.topology_lock is not None
+        async with self.topology_lock:
+            control = await self._control_channel()
+            raw = control.channel
+            await control.rpc(lambda cb: raw.queue_delete(self._queue(topic, group), callback=cb))
 
     # --- consuming ------------------------------------------------------------------------------
 

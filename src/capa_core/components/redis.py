@@ -668,6 +668,15 @@ end
 return 0
 """)
 
+# KEYS[1] stream, KEYS[2] the group's due set; ARGV[1] group.
+_DELETE_GROUP = _Script("""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  pcall(redis.call, 'XGROUP', 'DESTROY', KEYS[1], ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+return 1
+""")
+
 # KEYS[1] stream; ARGV[1] group, ARGV[2] consumer. Forget a consumer holding nothing.
 _FORGET_CONSUMER = _Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -848,6 +857,11 @@ class RedisPubSub(_RedisComponent, PubSubComponent):
 
     def purge(self, topic: str, group: str) -> int:
         return int(self._eval(_PURGE, [self._stream(topic)], [group]))
+
+    def delete_group(self, topic: str, group: str) -> None:
+        self._groups.discard((topic, group))
+        self._used.discard((topic, group))
+        self._eval(_DELETE_GROUP, [self._stream(topic), self._due(topic, group)], [group])
 
     def close(self) -> None:
         # Leave no empty consumer behind in the groups this process pulled from.

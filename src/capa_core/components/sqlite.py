@@ -734,6 +734,18 @@ class SqlitePubSub(_SqliteComponent, PubSubComponent):
         sql = f"UPDATE {self._deliveries} SET visible_at = ?"
         self._update(topic, group, ids, sql, time.time() + lease, where="leased = 1 AND ")
 
+    def delete_group(self, topic: str, group: str) -> None:
+        self._group_ids.pop((topic, group), None)
+        conn = self._conn()
+        with transaction(conn):
+            row = conn.execute(
+                f"SELECT id FROM {self._groups} WHERE topic = ? AND name = ?", (topic, group)
+            ).fetchone()
+            if row is not None:
+                # Messages left with no delivery go with them (the trim trigger).
+                conn.execute(f"DELETE FROM {self._deliveries} WHERE group_id = ?", (row[0],))
+                conn.execute(f"DELETE FROM {self._groups} WHERE id = ?", (row[0],))
+
     def purge(self, topic: str, group: str) -> int:
         gid = self._group_id(topic, group, create=False)
         if gid is None:
