@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.role_process import RoleProcess, say
 from tests.services import require
 
 from capa_core import Runtime
@@ -286,10 +287,6 @@ def test_close_flushes_acks_sent_without_waiting(stream: str) -> None:
 # --- other processes -----------------------------------------------------------------------------
 
 
-def say(*parts: object) -> None:
-    print(*parts, flush=True)
-
-
 def holder(stream: str, count: str, lease: str) -> None:
     """Pull ``count`` messages, never acknowledge them, and wait to be killed."""
     made = component(stream)
@@ -301,14 +298,6 @@ def holder(stream: str, count: str, lease: str) -> None:
     time.sleep(120)
 
 
-def worker_process(*args: str) -> subprocess.Popen[str]:
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
-        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=root, env=env,
-    )
-
-
 @pytest.mark.slow
 def test_a_killed_consumer_process_messages_go_to_another_consumer(
     bus: NatsPubSub, stream: str
@@ -318,13 +307,11 @@ def test_a_killed_consumer_process_messages_go_to_another_consumer(
     bus.ensure_group("work", "g")
     for n in range(3):
         bus.publish("work", f"job-{n}".encode(), {})
-    process = worker_process("holder", stream, "3", str(lease))
+    process = RoleProcess(__file__, "holder", stream, "3", str(lease))
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline().split()
-        assert line == ["holding", "job-0", "job-1", "job-2"]
+        assert process.expect("holding", 30)[1] == ["job-0", "job-1", "job-2"]
         killed_at = time.monotonic()
-        os.kill(process.pid, signal.SIGKILL)
+        os.kill(process.proc.pid, signal.SIGKILL)
         got: list[Any] = []
         while len(got) < 3 and time.monotonic() - killed_at < lease + 5:
             got += bus.pull("work", "g", 3 - len(got), 1.0, lease)
@@ -333,8 +320,7 @@ def test_a_killed_consumer_process_messages_go_to_another_consumer(
         assert {d.attempt for d in got} == {2}
         bus.ack("work", "g", [d.id for d in got])
     finally:
-        process.kill()
-        process.wait(10)
+        process.stop()
 
 
 def free_port() -> int:

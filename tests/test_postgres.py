@@ -12,7 +12,6 @@ import os
 import queue
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from tests.role_process import RoleProcess, say
 
 from capa_core import Runtime
 from capa_core.errors import CapaError, ComponentUnavailable, SettingsError
@@ -573,10 +573,6 @@ def test_a_forked_child_opens_its_own_connections(url: str, prefix: str, unique:
 # --- separate processes ----------------------------------------------------------------------
 
 
-def say(*parts: object) -> None:
-    print(*parts, flush=True)
-
-
 def holder(url: str, prefix: str, topic: str, count: str) -> None:
     """Take ``count`` messages and never acknowledge them (the test kills this process)."""
     rt = runtime_for(url, prefix, lease=LEASE)
@@ -609,48 +605,11 @@ def writer(url: str, prefix: str, app_id: str, count: str) -> None:
 ROLES: dict[str, Callable[..., None]] = {"holder": holder, "writer": writer}
 
 
-class Worker:
-    """A child process running one role, its stdout lines queued as they arrive."""
+class Worker(RoleProcess):
+    """A child process running one of this file's ROLES."""
 
     def __init__(self, role: str, *args: object) -> None:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, role, *map(str, args)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-
-    def expect(self, start: str, timeout: float) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"worker did not say {start!r} within {timeout}s (exit {self.proc.poll()})"
-                ) from None
-            if line.startswith(start):
-                return line.split()
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-
+        super().__init__(__file__, role, *args)
 
 @pytest.mark.slow
 def test_messages_of_a_consumer_killed_with_sigkill_go_to_another_after_the_lease(
@@ -665,7 +624,7 @@ def test_messages_of_a_consumer_killed_with_sigkill_go_to_another_after_the_leas
         for n in range(3):
             bus.publish(topic, n)
         worker = Worker("holder", url, prefix, topic, 3)
-        held = sorted(int(worker.expect("got", 15)[1]) for _ in range(3))
+        held = sorted(int(worker.expect("got", 15)[1][0]) for _ in range(3))
         worker.expect("holding", 5)
         assert held == [0, 1, 2]
         os.kill(worker.proc.pid, signal.SIGKILL)
@@ -703,8 +662,8 @@ def test_configuration_changes_from_another_process_arrive_within_100ms(
         worker.expect("ready", 15)
         latencies = []
         for n in range(5):
-            worker.send("go")
-            sent = float(worker.expect("saving", 5)[2])
+            worker.tell("go")
+            sent = float(worker.expect("saving", 5)[1][1])
             at, content = arrived.get(timeout=5)
             assert content == str(n)
             latencies.append(at - sent)

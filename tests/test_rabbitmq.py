@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.role_process import RoleProcess, say
 from tests.services import require
 
 from capa_core import Runtime
@@ -395,10 +396,6 @@ def test_close_releases_the_thread_and_later_acks_are_harmless(exchange: str) ->
 # --- other processes -----------------------------------------------------------------------------
 
 
-def say(*parts: object) -> None:
-    print(*parts, flush=True)
-
-
 def holder(exchange: str, count: str) -> None:
     """Pull ``count`` messages with a long lease, never acknowledge them, wait to be killed."""
     made = component(exchange)
@@ -410,14 +407,6 @@ def holder(exchange: str, count: str) -> None:
     time.sleep(120)
 
 
-def worker_process(*args: str) -> subprocess.Popen[str]:
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
-        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=root, env=env,
-    )
-
-
 @pytest.mark.slow
 def test_a_killed_consumer_process_messages_go_to_another_consumer(
     bus: RabbitMQPubSub, exchange: str
@@ -426,14 +415,12 @@ def test_a_killed_consumer_process_messages_go_to_another_consumer(
     bus.ensure_group("work", "g")
     for n in range(3):
         bus.publish("work", f"job-{n}".encode(), {})
-    process = worker_process("holder", exchange, "3")
+    process = RoleProcess(__file__, "holder", exchange, "3")
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline().split()
-        assert line == ["holding", "job-0", "job-1", "job-2"]
+        assert process.expect("holding", 30)[1] == ["job-0", "job-1", "job-2"]
         assert bus.pull("work", "g", 10, 0.3, 30) == []  # the live holder has them
         killed_at = time.monotonic()
-        os.kill(process.pid, signal.SIGKILL)
+        os.kill(process.proc.pid, signal.SIGKILL)
         got: list[Any] = []
         while len(got) < 3 and time.monotonic() - killed_at < 10:
             got += bus.pull("work", "g", 3 - len(got), 1.0, 30)
@@ -444,8 +431,7 @@ def test_a_killed_consumer_process_messages_go_to_another_consumer(
         assert {d.attempt for d in got} == {2}
         bus.ack("work", "g", [d.id for d in got])
     finally:
-        process.kill()
-        process.wait(10)
+        process.stop()
 
 
 def broker_answers() -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.role_process import RoleProcess, say
 
 from capa_core import Runtime
 from capa_core.errors import (
@@ -49,10 +50,6 @@ def settings_for(prefix: str, app_id: str, url: str = DB_URL, **extra: Any) -> d
 
 
 # --- the worker side (runs in child processes) ---------------------------------------------------
-
-
-def say(*parts: object) -> None:
-    print(*parts, flush=True)
 
 
 def holder(prefix: str, topic: str, count: str) -> None:
@@ -126,48 +123,11 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.02)
 
 
-class Worker:
-    """A child process running one role; its stdout lines arrive in a queue."""
+class Worker(RoleProcess):
+    """A child process running one of this file's ROLES."""
 
     def __init__(self, role: str, *args: object) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, role, *map(str, args)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        self.role = role
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-
-    def expect(self, word: str, timeout: float) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"{self.role} did not say {word!r} within {timeout}s (exit {self.proc.poll()})"
-                ) from None
-            if line.split()[:1] == [word]:
-                return line.split()[1:]
-
-    def tell(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-
+        super().__init__(__file__, role, *args)
 
 @pytest.fixture
 def workers() -> Iterator[list[Worker]]:
@@ -480,7 +440,7 @@ def test_a_killed_consumer_process_messages_go_to_another_consumer(
         bus.publish(topic, {"n": n})
     holding = Worker("holder", prefix, topic, 3)
     workers.append(holding)
-    assert holding.expect("holding", 20) == ["0", "1", "2"]
+    assert holding.expect("holding", 20)[1] == ["0", "1", "2"]
     # While the holder lives, its lease keeper renews the leases: nothing comes back.
     assert bus.pull(topic, group="g", timeout=2 * LEASE) == []
     killed_at = time.monotonic()
@@ -520,7 +480,7 @@ def test_configuration_change_from_another_process_arrives_within_100ms(
     delays = []
     for n in range(6):
         saving.tell("go")
-        _, saved_at = saving.expect("saved", 15)
+        _, (_, saved_at) = saving.expect("saved", 15)
         at, changes = arrived.get(timeout=5)
         assert [(c.item.key, c.item.content, c.deleted) for c in changes] == [
             ("feature.flag", f"v{n}", False)

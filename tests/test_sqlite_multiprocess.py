@@ -7,18 +7,16 @@ worker reports on stdout, one line per event, and the test reads those lines wit
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.role_process import RoleProcess, say
 
 from capa_core import Runtime
 
@@ -38,10 +36,6 @@ def runtime_for(db: Path, app_id: str = "mp") -> Runtime:
 
 
 # --- the worker side (runs in the child processes) -------------------------------------------
-
-
-def say(*parts: object) -> None:
-    print(*parts, flush=True)
 
 
 def consumer(db: str, topic: str, out: str, stop: str) -> None:
@@ -150,54 +144,11 @@ ROLES: dict[str, Callable[..., None]] = {
 # --- the test side -------------------------------------------------------------------------------
 
 
-class Worker:
-    """A child process running one role, its stdout lines read into a queue with arrival times."""
+class Worker(RoleProcess):
+    """A child process running one of this file's ROLES."""
 
     def __init__(self, role: str, *args: object) -> None:
-        self.role = role
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, role, *map(str, args)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put((time.monotonic(), line.strip()))
-
-    def expect(self, prefix: str, timeout: float) -> tuple[float, list[str]]:
-        """The next line starting with ``prefix`` (others are skipped), and when it arrived."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                at, line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"{self.role} did not say {prefix!r} within {timeout}s "
-                    f"(exit code {self.proc.poll()})"
-                ) from None
-            if line.startswith(prefix):
-                return at, line.split()
-
-    def silent(self, duration: float) -> bool:
-        """True when the worker printed nothing for ``duration`` seconds."""
-        try:
-            self.lines.get(timeout=duration)
-        except queue.Empty:
-            return True
-        return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
+        super().__init__(__file__, role, *args)
 
 @pytest.fixture
 def workers() -> Iterator[list[Worker]]:
@@ -250,7 +201,7 @@ def test_killed_consumer_message_comes_back_after_the_lease(
     holding = Worker("holder", db, topic)
     workers.append(holding)
     _, got = holding.expect("got", 15)
-    assert got[1:] == ["7", "1"]
+    assert got == ["7", "1"]
 
     taking = Worker("taker", db, topic)
     workers.append(taking)
@@ -261,7 +212,7 @@ def test_killed_consumer_message_comes_back_after_the_lease(
     killed_at = time.monotonic()
     os.kill(holding.proc.pid, signal.SIGKILL)
     at, got = taking.expect("got", LEASE + 5)
-    assert got[1:] == ["7", "2"], "redelivered with the next attempt number"
+    assert got == ["7", "2"], "redelivered with the next attempt number"
     assert at - killed_at <= LEASE + 1.5
 
 
@@ -279,13 +230,13 @@ def test_configuration_change_reaches_another_process_within_100ms(
             started = time.monotonic()
             cfg.save({"feature.flag": f"v{n}"})
             at, words = watching.expect("changed", 5)
-            assert words[1:] == ["feature.flag", f"v{n}"]
+            assert words == ["feature.flag", f"v{n}"]
             delays.append(at - started)
             time.sleep(0.05)
         started = time.monotonic()
         cfg.delete(["feature.flag"])
         at, words = watching.expect("deleted", 5)
-        assert words[1:] == ["feature.flag", "v5"]
+        assert words == ["feature.flag", "v5"]
         delays.append(at - started)
     print("cross-process configuration delays (ms):", [round(d * 1000, 1) for d in delays])
     assert statistics.median(delays) < 0.1
