@@ -205,6 +205,30 @@ def test_a_publisher_that_does_not_wait_publishes_again_what_the_broker_did_not_
     assert sorted(bodies) == sorted([f"m{n}".encode() for n in range(50)] * 2)
 
 
+def test_delete_group_closes_its_channel_and_deletes_its_queue(
+    bus: RabbitMQPubSub, exchange: str
+) -> None:
+    import pika.exceptions
+
+    bus.ensure_group("t", "g")
+    bus.publish("t", b"in hand", {})
+    assert len(bus.pull("t", "g", 1, 5.0, 30)) == 1
+    link = bus._broker()
+    feed_channel = link.feeds[("t", "g")].channel
+    assert feed_channel is not None
+    bus.delete_group("t", "g")
+    deadline = time.monotonic() + 5
+    while not feed_channel.channel.is_closed and time.monotonic() < deadline:
+        bus.ping()  # turns the component's loop
+    assert feed_channel.channel.is_closed
+    connection, channel = raw_channel()
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+            channel.queue_declare(f"{exchange}:t:g", passive=True)
+    finally:
+        connection.close()
+
+
 def test_classic_queues_count_attempts_in_a_header_of_their_own(exchange: str) -> None:
     require("rabbitmq")
     made = component(exchange, queueType="classic")

@@ -944,10 +944,10 @@ class _Link:
     async def delete_group(self, topic: str, group: str) -> None:
         feed = self.feeds.pop((topic, group), None)
         if feed is not None and feed.channel is not None:
-            channel = feed.channel
+            raw_channel = feed.channel.channel
             self._drop_feed_channel(feed, RabbitMQUnavailable("the group was deleted"))
-            if channel.usable:
-                channel.channel.close()  # what it held goes back to the queue, deleted next
+            if raw_channel.is_open:
+                raw_channel.close()  # what it held goes back to the queue, deleted next
         self.groups.discard((topic, group))
         assert self.topology_lock is not None
         async with self.topology_lock:
