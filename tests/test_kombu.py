@@ -23,7 +23,7 @@ from capa_compat.kombu import (
     SimpleQueue,
 )
 from capa_compat.kombu.runtimes import broker_url
-from capa_core import ComponentNotFound
+from capa_core import ComponentNotFound, ComponentUnavailable
 
 BACKENDS = ["memory", "sqlite", "redis", "postgres", "rabbitmq"]
 
@@ -194,6 +194,24 @@ def test_deleted_and_auto_delete_queues_stop_collecting(conn: Connection) -> Non
         if message is not None:
             got.append(message.payload)
     assert got == [{"n": 1}, {"n": 2}]  # the queue that stayed lost nothing
+
+
+def test_cancelling_an_auto_delete_queue_works_while_its_group_cannot_be_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Connection("memory://") as connection:
+        channel = connection.channel()
+        pubsub = channel.pubsub
+
+        def unreachable(*args: object, **kwargs: object) -> None:
+            raise ComponentUnavailable("pubsub", "default", "the server went away")
+
+        monkeypatch.setattr(pubsub, "delete_group", unreachable)
+        queue = Queue(f"passing-{uuid.uuid4().hex[:6]}", auto_delete=True)
+        consumer = Consumer(channel, [queue], callbacks=[lambda body, message: None])
+        consumer.consume()
+        consumer.cancel()  # must not raise: the group stays, and the log says so
+    assert "its group stays" in caplog.text
 
 
 def test_topic_exchange_routes_by_pattern(conn: Connection) -> None:

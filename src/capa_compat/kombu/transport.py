@@ -55,7 +55,13 @@ from typing import Any, NamedTuple
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 
-from capa_core import ComponentNotFound, ComponentUnavailable, PubSub, UnsupportedFeature
+from capa_core import (
+    CapaError,
+    ComponentNotFound,
+    ComponentUnavailable,
+    PubSub,
+    UnsupportedFeature,
+)
 from capa_core.types import Delivery
 
 from . import runtimes
@@ -414,7 +420,11 @@ class Channel(virtual.Channel):
             self._return_buffered(queue)
             consumed = any(queue in channel._active_queues for channel in self.transport.channels)
             if queue in self.state.auto_delete and not consumed:
-                self.queue_delete(queue)  # as a broker deletes an auto-delete queue
+                try:
+                    self.queue_delete(queue)  # as a broker deletes an auto-delete queue
+                except CapaError as exc:  # cancelling must work with the server away
+                    log.warning("could not delete auto-delete queue %r (%s); its group stays",
+                                queue, exc)
 
     def consumed_sources(self) -> list[tuple[str, Source]]:
         """(queue, source) for every topic of every queue consumed on this channel."""
