@@ -97,7 +97,9 @@ def test_priority(project: Project, proj: Any) -> None:
     for result in [*low, high]:
         result.get(timeout=20)
     labels = [r["label"] for r in sorted(project.records("ordered"), key=lambda r: r["t"])]
-    assert labels[0] == "high", labels
+    # Published last, it is handed out first; the worker's two pool processes then start it and
+    # the next one together, in either order. Without priorities it would start fifth.
+    assert "high" in labels[:2], labels
 
 
 def test_retry_backoff_and_max_retries(project: Project, proj: Any) -> None:
