@@ -23,11 +23,10 @@ the original acked (instead of basic.nack), and so is one the broker redelivers 
 consumer's connection closed). A message requeued so goes to the back of the queue.
 
 Confirms. With ``publisherConfirm`` false (Dapr's setting; kombu's ``confirm_publish`` off, as
-Celery has it on RabbitMQ) publish() returns once the message is written to the connection, without
-the round trip to the broker. The channel stays in confirm mode all the same: a message the broker
-refuses (basic.nack) or whose connection drops before the confirm is published again as soon as a
-channel is back, and close() waits up to ``publishTimeout`` for the confirms still due. What that
-leaves is a process dying within the confirm's round trip. bulk_publish() always waits, as it
+Celery has it on RabbitMQ) publish() writes the message on a channel without confirm mode and
+returns: no round trip, and no confirm for the broker to send (confirm mode took about a third of
+the broker's CPU per Celery task here). As with Dapr and native Celery, a message written just
+before the connection drops can then be lost. bulk_publish() always waits for confirms, as it
 reports failures by entry.
 
 Threading. pika connections are not thread-safe, so each component keeps its one connection on
@@ -457,12 +456,10 @@ class _Link:
         self.runner = PrivateLoop(f"capa-rabbitmq-{owner.name}", RabbitMQUnavailable)
         self.loop = self.runner.loop
         self.connection: Any = None
-        self.control: _Channel | None = None  # declarations, backlog moves, purges
-        self.publisher: _Channel | None = None  # confirm mode
-        # Publishes not waited for (publisherConfirm false) whose confirm has not come yet.
-        self.unconfirmed = 0
-        self.all_confirmed: asyncio.Event | None = None
-        self.background: set[asyncio.Task[None]] = set()  # resends and recounts
+        self.control: _Channel | None = None  # declarations
+        self.publisher: _Channel | None = None  # confirm mode: publishes waited for, moves
+        self.sender: _Channel | None = None  # publishes not waited for (publisherConfirm false)
+        self.background: set[asyncio.Task[None]] = set()  # recounts
         self.feeds: dict[tuple[str, str], _Feed] = {}
         self.topics: set[str] = set()
         self.keys: dict[str, str] = {}  # topic -> routing key
@@ -496,8 +493,6 @@ class _Link:
         self.state = asyncio.Condition()
         self.topology_lock = asyncio.Lock()
         self.open_lock = asyncio.Lock()
-        self.all_confirmed = asyncio.Event()
-        self.all_confirmed.set()
         self.maintainer = self.loop.create_task(self._maintain())
 
     # --- connecting -----------------------------------------------------------------------------
@@ -578,10 +573,10 @@ class _Link:
     def _forget_connection(self, error: BaseException) -> None:
         """The connection is gone: fail what waits on it, drop what was in hand."""
         self.connection = None
-        for channel in (self.control, self.publisher):
+        for channel in (self.control, self.publisher, self.sender):
             if channel is not None:
                 channel.closed(error)
-        self.control = self.publisher = None
+        self.control = self.publisher = self.sender = None
         for feed in self.feeds.values():
             self._drop_feed_channel(feed, error)
         self.exchanges_declared = False  # declarations are cheap; redo them after a restart
@@ -675,6 +670,15 @@ class _Link:
                     self.publisher = await self._open_channel(confirm=True)
         return self.publisher
 
+    async def _sender_channel(self) -> _Channel:
+        await self._ready()
+        if self.sender is None or not self.sender.usable:
+            assert self.open_lock is not None
+            async with self.open_lock:
+                if self.sender is None or not self.sender.usable:
+                    self.sender = await self._open_channel()
+        return self.sender
+
     # --- publishing -----------------------------------------------------------------------------
 
     def _send(
@@ -724,19 +728,23 @@ class _Link:
         if key is None:
             key = self.keys[topic] = _checked_name(routing_key(topic), "routing key")
         await self._ensure_topic(topic)
-        channel = await self._publisher_channel()
-        confirms = []
-        for body, metadata in entries:
-            headers = dict(metadata)
-            properties = pika.BasicProperties(
-                delivery_mode=2, headers=headers, content_type=headers.get("content-type")
-            )
-            if self.owner.publisher_confirm or collect:
-                confirms.append(self._send(channel, self.exchange, key, body, properties))
-            else:
-                self._send_unwaited(channel, (topic, key, body, properties))
-        if not confirms:
+        messages = [
+            (body, pika.BasicProperties(
+                delivery_mode=2, headers=dict(metadata), content_type=metadata.get("content-type")
+            ))
+            for body, metadata in entries
+        ]
+        if not (self.owner.publisher_confirm or collect):
+            sender = await self._sender_channel()
+            try:
+                for body, properties in messages:
+                    sender.channel.basic_publish(self.exchange, key, body, properties)
+            except Exception as exc:
+                raise _unavailable(exc) from exc
             return [None] * len(entries)
+        channel = await self._publisher_channel()
+        confirms = [self._send(channel, self.exchange, key, body, properties)
+                    for body, properties in messages]
         try:
             async with asyncio.timeout(self.owner.publish_timeout):
                 if len(confirms) == 1 and not collect:  # the common case, without gather
@@ -760,47 +768,10 @@ class _Link:
                     raise outcome
         return outcomes
 
-    def _send_unwaited(self, channel: _Channel, message: tuple[str, str, bytes, Any]) -> None:
-        """Publish (topic, routing key, body, properties) without waiting for the confirm.
-
-        A message the broker does not confirm is published again.
-        """
-        assert self.all_confirmed is not None
-        self.unconfirmed += 1
-        self.all_confirmed.clear()
-
-        def settled(future: asyncio.Future[None]) -> None:
-            if future.cancelled() or future.exception() is None:
-                self.unconfirmed -= 1
-                if not self.unconfirmed:
-                    self.all_confirmed.set()  # type: ignore[union-attr]
-                return
-            self._in_background(self._resend(message, future.exception()))
-
-        _, key, body, properties = message
-        self._send(channel, self.exchange, key, body, properties).add_done_callback(settled)
-
     def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coroutine)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
-
-    async def _resend(self, message: tuple[str, str, bytes, Any], reason: Any) -> None:
-        """Publish an unconfirmed message again once a publisher channel is usable."""
-        # Debug only: a dropped connection (already logged once) may bring thousands here.
-        log.debug("RabbitMQ at %s did not confirm a message (%s); publishing it again",
-                  self.owner.address, reason)
-        backoff = 0.1
-        while True:
-            try:
-                await self._ensure_topic(message[0])  # declarations may be gone with the broker
-                channel = await self._publisher_channel()
-                break
-            except (RabbitMQUnavailable, RabbitMQRefused):
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, max(self.owner.reconnect_wait, 0.1))
-        self.unconfirmed -= 1  # counted again by the new send
-        self._send_unwaited(channel, message)
 
     # --- topology -------------------------------------------------------------------------------
 
@@ -920,17 +891,15 @@ class _Link:
 
     async def purge(self, topic: str, group: str) -> int:
         await self.ensure_group(topic, group)
-        assert self.all_confirmed is not None
-        if self.unconfirmed:  # messages published here before the purge are purged with it
-            async with asyncio.timeout(self.owner.publish_timeout):
-                await self.all_confirmed.wait()
-        assert self.topology_lock is not None
-        async with self.topology_lock:
-            channel = await self._control_channel()
-            raw = channel.channel
-            frame = await channel.rpc(
-                lambda cb: raw.queue_purge(self._queue(topic, group), callback=cb)
-            )
+        # On the channel publish() writes to: the broker takes a channel's frames in order, so
+        # what this process published before the purge is purged with it, confirmed or not.
+        channel = await (
+            self._publisher_channel() if self.owner.publisher_confirm else self._sender_channel()
+        )
+        raw = channel.channel
+        frame = await channel.rpc(
+            lambda cb: raw.queue_purge(self._queue(topic, group), callback=cb)
+        )
         dropped = 0
         feed = self.feeds.get((topic, group))
         if feed is not None and feed.channel is not None and feed.channel.usable:
@@ -1230,14 +1199,6 @@ class _Link:
     # --- closing --------------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        assert self.all_confirmed is not None
-        if self.unconfirmed:
-            try:
-                async with asyncio.timeout(self.owner.publish_timeout):
-                    await self.all_confirmed.wait()
-            except TimeoutError:
-                log.error("closing with %d messages RabbitMQ at %s has not confirmed: they may "
-                          "be lost", self.unconfirmed, self.owner.address)
         for task in list(self.background):
             task.cancel()
         self.closing = True
