@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -127,6 +128,41 @@ def test_producer_consumer_manual_ack(conn: Connection) -> None:
     leftover = Consumer(channel, [queue], callbacks=[lambda b, m: seen.append(-1)])
     with leftover, pytest.raises(TimeoutError):
         conn.drain_events(timeout=0.5)
+
+
+def test_consuming_on_kombus_event_loop(conn: Connection) -> None:
+    """Celery's worker consumes on kombu's Hub: fetched messages wake it through a pipe."""
+    from kombu.asynchronous import Hub
+
+    hub = Hub()
+    queue = Queue("evented", Exchange("evented"), routing_key="evented")
+    producer = Producer(conn.channel(), exchange=queue.exchange, routing_key="evented")
+    producer.publish({"n": 0}, declare=[queue])  # waiting before the hub is registered
+    seen: list[int] = []
+
+    def on_message(body: dict[str, int], message: object) -> None:
+        seen.append(body["n"])
+        message.ack()  # type: ignore[attr-defined]
+
+    assert conn.is_evented
+    conn.register_with_event_loop(hub)
+    transport = conn.transport
+    reader = transport._wakeup[0]
+    try:
+        with Consumer(conn.channel(), [queue], callbacks=[on_message], accept=["json"]):
+            loop = hub.create_loop()
+            for n in range(1, 4):
+                producer.publish({"n": n})
+            deadline = time.monotonic() + 10
+            while len(seen) < 4 and time.monotonic() < deadline:
+                next(loop)
+        assert seen == [0, 1, 2, 3]
+    finally:
+        hub.close()
+        conn.transport.unregister_from_event_loop(conn.connection, hub)
+    assert transport._wakeup is None
+    with pytest.raises(OSError):
+        os.fstat(reader)  # the pipe is closed
 
 
 def test_unacked_messages_return_when_the_channel_closes(conn: Connection) -> None:

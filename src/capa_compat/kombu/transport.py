@@ -45,6 +45,7 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -593,8 +594,11 @@ class Transport(virtual.Transport):
     connection_errors = (ComponentUnavailable, *virtual.Transport.connection_errors)
     default_port = None
     polling_interval = None
+    # Celery's worker runs a transport that says asynchronous on its own event loop (the hub),
+    # with the prefork pool that writes to its processes without helper threads: fetchers wake
+    # the hub through a pipe (register_with_event_loop), as kombu's qpid transport does.
     implements = virtual.Transport.implements.extend(
-        asynchronous=False,
+        asynchronous=True,
         exchange_type=frozenset(["direct", "topic", "fanout"]),
         heartbeats=False,
     )
@@ -612,6 +616,9 @@ class Transport(virtual.Transport):
         self._tags = itertools.count(1)
         self._seq = itertools.count()
         self._prefix = f"{id(self):x}."
+        self._wakeup: tuple[int, int] | None = None  # (read, write) ends, while on a hub
+        self._hub: Any = None
+        self._wakeup_due = False  # a byte is in the pipe that the hub has not read yet
 
     @property
     def default_connection_params(self) -> dict[str, Any]:
@@ -675,6 +682,9 @@ class Transport(virtual.Transport):
                 self._buffered[channel], (-priority, next(self._seq), queue, tag, payload)
             )
             self._ready.notify_all()
+            if self._wakeup is not None and not self._wakeup_due:
+                self._wakeup_due = True
+                os.write(self._wakeup[1], b"!")
 
     def unbuffer(self, channel: Channel, queue: str | None) -> list[str]:
         with self._ready:
@@ -705,6 +715,37 @@ class Transport(virtual.Transport):
 
     # --- the consuming loop ------------------------------------------------------------------
 
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Deliver on ``loop`` (Celery's hub) whenever a fetcher has buffered messages."""
+        self.unregister_from_event_loop(connection, self._hub)
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        with self._ready:
+            self._wakeup, self._hub, self._wakeup_due = (read, write), loop, True
+        os.write(write, b"!")  # deliver anything buffered before now
+        loop.add_reader(read, self._on_wakeup)
+
+    def unregister_from_event_loop(self, connection: Any, loop: Any) -> None:
+        with self._ready:
+            wakeup, self._wakeup, self._hub = self._wakeup, None, None
+        if wakeup is None:
+            return
+        if loop is not None:
+            loop.remove_reader(wakeup[0])
+        for fd in wakeup:
+            os.close(fd)
+
+    def _on_wakeup(self) -> None:
+        with self._ready:
+            if self._wakeup is None:
+                return
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wakeup[0], 4096)
+            self._wakeup_due = False
+            batch = self._take_ready()
+        self._deliver_batch(batch)
+
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         """Deliver what fetchers have buffered; wait up to ``timeout`` for the first message."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -717,6 +758,9 @@ class Transport(virtual.Transport):
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError()
                 self._ready.wait(remaining)
+        self._deliver_batch(batch)
+
+    def _deliver_batch(self, batch: list[tuple[Channel, str, str, dict[str, Any]]]) -> None:
         for channel, queue, tag, payload in batch:
             if queue in channel._no_ack:
                 channel.settle(tag, ACK)
@@ -734,3 +778,7 @@ class Transport(virtual.Transport):
         super().close_channel(channel)
         with self._ready:
             self._buffered.pop(channel, None)
+
+    def close_connection(self, connection: Any) -> None:
+        super().close_connection(connection)
+        self.unregister_from_event_loop(connection, self._hub)
