@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kombu.exceptions import ContentDisallowed
@@ -163,6 +164,34 @@ def test_consuming_on_kombus_event_loop(conn: Connection) -> None:
     assert transport._wakeup is None
     with pytest.raises(OSError):
         os.fstat(reader)  # the pipe is closed
+
+
+def test_a_channel_with_a_full_prefetch_does_not_hold_up_another(conn: Connection) -> None:
+    """One thread fetches for every channel of a connection (a worker's tasks and its remote
+    control): while one channel holds all its prefetch allows, the other still receives."""
+    busy = Queue("busy", Exchange("busy"), routing_key="busy")
+    other = Queue("other", Exchange("other"), routing_key="other")
+    producer = Producer(conn.channel())
+    for n in range(2):
+        producer.publish({"n": n}, exchange=busy.exchange, routing_key="busy", declare=[busy])
+    held: list[Any] = []
+    got: list[str] = []
+    busy_channel = conn.channel()
+    busy_channel.basic_qos(0, 1, False)  # one unacked message at a time
+    with Consumer(busy_channel, [busy], callbacks=[lambda b, m: held.append(m)]), Consumer(
+        conn.channel(), [other], callbacks=[lambda b, m: (got.append(b), m.ack())]
+    ):
+        drain_until(conn, lambda: len(held) == 1)
+        drain_until(conn, lambda: len(held) > 1, timeout=0.5)
+        assert len(held) == 1  # the prefetch of one is full
+        producer.publish("hello", exchange=other.exchange, routing_key="other", declare=[other])
+        started = time.monotonic()
+        drain_until(conn, lambda: got == ["hello"])
+        assert got == ["hello"] and time.monotonic() - started < 1.0
+        held[0].ack()
+        drain_until(conn, lambda: len(held) == 2)  # room again: the second one comes
+        assert [m.payload["n"] for m in held] == [0, 1]
+        held[1].ack()
 
 
 def test_unacked_messages_return_when_the_channel_closes(conn: Connection) -> None:

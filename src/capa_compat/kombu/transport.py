@@ -17,6 +17,10 @@ queue compete, and each queue bound to an exchange gets its own copy):
 - fanout and topic exchange E: one topic ``<prefix>exchange/E``, a group per bound queue; topic
   patterns are matched by the consuming side.
 
+Consuming: one thread per connection pulls the consumed queues' messages ahead of delivery, never
+more than a channel's prefetch (``basic_qos``) in hand. ``drain_events`` delivers what it
+fetched; on an event loop (Celery's worker registers one) a pipe wakes the loop instead.
+
 Acknowledgement is capa's lease: a pulled message stays leased to this process (the client layer
 keeps extending the lease while it is held, however long a task runs); ack settles it, reject with
 requeue hands it back at once, and a process that dies without settling has its messages handed
@@ -131,35 +135,67 @@ class QoS(virtual.QoS):
         return []
 
 
-class _Fetcher:
-    """Pulls the messages of a channel's consumed queues ahead of delivery, within prefetch.
+class _Room:
+    """Changes to the prefetch room of a connection's channels, or to what they consume, as a
+    version number the fetcher waits on (so a change between its look and its wait counts)."""
 
-    One thread per channel. Every round it looks, without waiting, at each topic that is due
-    (highest priority band first, then round robin so busy queues share the budget); when none
-    has anything it waits on the topic that last had messages. A quiet topic is looked at again
-    after ``_SWEEP_EVERY``: that bounds the extra latency of the less busy queues.
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.version = 0
+
+    def changed(self) -> None:
+        with self.lock:
+            self.changed_locked()
+
+    def changed_locked(self) -> None:
+        self.version += 1
+        self.lock.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        with self.lock:
+            self.lock.wait_for(lambda: self.version != seen, timeout)
+
+
+class _Consumed(NamedTuple):
+    """A topic that a queue consumed on a channel receives from."""
+
+    channel: Channel
+    queue: str
+    source: Source
+
+
+class _Fetcher:
+    """Pulls the messages of the queues consumed on a connection ahead of delivery, within
+    each channel's prefetch.
+
+    One thread per connection, so one thread drives the component (a Celery worker consumes
+    its tasks and its remote control on two channels: a thread each handed every pull of one
+    over to the other, which ran the component's event loop). Every round it looks, without
+    waiting, at each topic that is due (highest priority band first, then round robin so busy
+    queues share the budget); when none has anything it waits on the topic that last had
+    messages. A quiet topic is looked at again after ``_SWEEP_EVERY``: that bounds the extra
+    latency of the less busy queues.
     """
 
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
         self.stopped = threading.Event()
         self.pulling: str | None = None  # the queue a pull is under way for
         self.pulled = threading.Condition()
         self.thread = threading.Thread(
-            target=self._run, name=f"capa-kombu-channel-{channel.channel_id}", daemon=True
+            target=self._run, name=f"capa-kombu-fetcher-{id(transport):x}", daemon=True
         )
         self.thread.start()
 
     def stop(self) -> None:
         self.stopped.set()
-        with self.channel.budget_changed:
-            self.channel.budget_changed.notify_all()
+        self.transport.room.changed()
 
-    def pull(self, pair: tuple[str, Source], n: int, timeout: float) -> list[Delivery]:
+    def pull(self, consumed: _Consumed, n: int, timeout: float) -> list[Delivery]:
         with self.pulled:
-            self.pulling = pair[0]
+            self.pulling = consumed.queue
         try:
-            return self.channel.pull(pair[1], pair[0], n, timeout)
+            return consumed.channel.pull(consumed.source, consumed.queue, n, timeout)
         finally:
             with self.pulled:
                 self.pulling = None
@@ -170,54 +206,80 @@ class _Fetcher:
         with self.pulled:
             self.pulled.wait_for(lambda: self.pulling != queue, timeout=_BLOCK * 2)
 
-    def _run(self) -> None:
-        channel = self.channel
-        next_look: dict[tuple[str, Source], float] = {}
-        hot: tuple[str, Source] | None = None
-        turn = 0
-        while not self.stopped.is_set() and not channel.closed:
-            n = channel.free()
-            if n <= 0:
-                with channel.budget_changed:
-                    channel.budget_changed.wait(0.5)
+    def _due(self) -> tuple[list[_Consumed], dict[Channel, int], bool]:
+        """What the open channels with room in their prefetch consume, that room, and whether
+        a channel that consumes has none."""
+        consumed: list[_Consumed] = []
+        room: dict[Channel, int] = {}
+        full = False
+        for channel in list(self.transport.channels):
+            if channel.closed or not channel._active_queues:
                 continue
+            if (n := channel.free()) <= 0:
+                full = True
+                continue
+            room[channel] = n
+            consumed += channel.consumed_sources()
+        return consumed, room, full
+
+    @staticmethod
+    def _first_hot(candidates: list[_Consumed]) -> _Consumed:
+        """The topic to wait on before any has had messages: a plain queue's own (a worker's
+        tasks), else an exchange's (a queue bound to a fanout/topic exchange mostly receives
+        from it: events, remote control)."""
+        bound = {(c.channel, c.queue) for c in candidates if c.source.exchange is not None}
+        plain = (
+            c for c in candidates
+            if c.source.priority == 0 and (c.channel, c.queue) not in bound
+        )
+        via_exchange = (c for c in candidates if c.source.exchange is not None)
+        return next(plain, next(via_exchange, candidates[0]))
+
+    def _run(self) -> None:
+        room_changed = self.transport.room
+        next_look: dict[_Consumed, float] = {}
+        hot: _Consumed | None = None
+        turn = 0
+        while not self.stopped.is_set():
             try:
-                pairs = channel.consumed_sources()
-                if not pairs:
-                    with channel.budget_changed:
-                        channel.budget_changed.wait(0.5)
+                seen = room_changed.version
+                candidates, room, full = self._due()
+                if not candidates:  # nothing consumed, or every prefetch is full
+                    room_changed.wait(seen, 0.5)
                     continue
-                if hot not in pairs:
-                    hot = next(
-                        (p for p in pairs if p[1].exchange is not None),
-                        next((p for p in pairs if p[1].priority == 0), pairs[0]),
-                    )
-                turn = (turn + 1) % len(pairs)
-                rotated = pairs[turn:] + pairs[:turn]
-                rotated.sort(key=lambda p: -p[1].priority)  # stable: bands first, then turns
+                if hot is None or (hot not in candidates and not full):
+                    # (A full channel keeps its hot topic: it is served again once acks come.)
+                    hot = self._first_hot(candidates)
+                turn = (turn + 1) % len(candidates)
+                rotated = candidates[turn:] + candidates[:turn]
+                rotated.sort(key=lambda c: -c.source.priority)  # stable: bands, then turns
                 now = time.monotonic()
                 got = None
-                for pair in rotated:
-                    if next_look.get(pair, 0.0) > now:
-                        continue
-                    deliveries = self.pull(pair, n, 0.0)
+                for consumed in rotated:
+                    if consumed == hot or next_look.get(consumed, 0.0) > now:
+                        continue  # (the hot topic gets the waiting pull below)
+                    deliveries = self.pull(consumed, room[consumed.channel], 0.0)
                     if deliveries:
-                        got = (pair, deliveries)
+                        got = (consumed, deliveries)
                         break
-                    next_look[pair] = now + _SWEEP_EVERY
-                if got is None:
-                    wait = _BLOCK if len(pairs) == 1 else _SWEEP_EVERY
-                    deliveries = self.pull(hot, n, wait)
+                    next_look[consumed] = now + _SWEEP_EVERY
+                if got is None and full:
+                    # A pull cannot be interrupted: wait for room instead (an ack), looking
+                    # at the other channels' topics between waits.
+                    room_changed.wait(seen, _SWEEP_EVERY)
+                elif got is None:
+                    wait = _BLOCK if len(candidates) == 1 else _SWEEP_EVERY
+                    deliveries = self.pull(hot, room[hot.channel], wait)
                     if deliveries:
                         got = (hot, deliveries)
                 if got is not None:
                     hot = got[0]
                     next_look[hot] = 0.0
-                    channel.accept(hot[0], hot[1], got[1], fetcher=self)
+                    hot.channel.accept(hot.queue, hot.source, got[1], fetcher=self)
             except Exception:  # the broker is down or a queue is gone: retry, never die
-                if channel.closed or self.stopped.is_set():
+                if self.stopped.is_set():
                     return
-                log.exception("fetching for channel %s failed; retrying", channel.channel_id)
+                log.exception("fetching for connection %x failed; retrying", id(self.transport))
                 self.stopped.wait(1.0)
 
 
@@ -247,10 +309,9 @@ class Channel(virtual.Channel):
         self.pubsub: PubSub = connection.pubsub
         self.lease = float(self.visibility_timeout or self.pubsub.lease)
         self.max_attempts = int(self.max_attempts or 0)
-        self.budget_changed = threading.Condition()
+        self.room = connection.room
         self._held = 0  # deliveries of this channel not settled yet (buffered or delivered)
         self._ready: list[tuple[int, int, str, str, dict[str, Any]]] = []
-        self._fetcher: _Fetcher | None = None
         self._no_ack: set[str] = set()
 
     # --- names -----------------------------------------------------------------------------
@@ -343,8 +404,9 @@ class Channel(virtual.Channel):
     ) -> None:
         sources = self.sources(queue)  # before kombu forgets the queue's bindings
         super().queue_delete(queue, if_unused, if_empty, **kwargs)
-        if self._fetcher is not None and queue not in self._active_queues:
-            self._fetcher.wait_out(queue)  # a pull under way would declare the group again
+        fetcher = self.transport.fetcher
+        if fetcher is not None and queue not in self._active_queues:
+            fetcher.wait_out(queue)  # a pull under way would declare the group again
         for source in sources:
             try:
                 self.pubsub.delete_group(source.topic, group=queue)
@@ -408,10 +470,8 @@ class Channel(virtual.Channel):
             self._no_ack.add(queue)
         for source in self.sources(queue):
             self.ensure(source.topic, queue)
-        if self._fetcher is None:
-            self._fetcher = _Fetcher(self)
-        with self.budget_changed:
-            self.budget_changed.notify_all()
+        self.transport.start_fetching()
+        self.room.changed()
 
     def basic_cancel(self, consumer_tag: str) -> None:
         queue = self._tag_to_queue.get(consumer_tag)
@@ -427,9 +487,12 @@ class Channel(virtual.Channel):
                     log.warning("could not delete auto-delete queue %r (%s); its group stays",
                                 queue, exc)
 
-    def consumed_sources(self) -> list[tuple[str, Source]]:
-        """(queue, source) for every topic of every queue consumed on this channel."""
-        return [(q, s) for q in list(dict.fromkeys(self._active_queues)) for s in self.sources(q)]
+    def consumed_sources(self) -> list[_Consumed]:
+        """Every topic of every queue consumed on this channel."""
+        return [
+            _Consumed(self, q, s)
+            for q in list(dict.fromkeys(self._active_queues)) for s in self.sources(q)
+        ]
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         # A consumer of this queue on the channel may have fetched it already.
@@ -464,17 +527,15 @@ class Channel(virtual.Channel):
         self, prefetch_size: int = 0, prefetch_count: int = 0, apply_global: bool = False
     ) -> None:
         super().basic_qos(prefetch_size, prefetch_count, apply_global)
-        with self.budget_changed:
-            self.budget_changed.notify_all()
+        self.room.changed()
 
     def pull(self, source: Source, queue: str, n: int, timeout: float) -> list[Delivery]:
         return self.pubsub.pull_deliveries(source.topic, queue, n, timeout, self.lease)
 
     def free(self) -> int:
         """How many more messages this channel may hold now (its prefetch budget)."""
-        with self.budget_changed:
-            limit = self.qos.prefetch_count or self.prefetch_limit
-            return max(0, min(_BATCH, limit - self._held))
+        limit = self.qos.prefetch_count or self.prefetch_limit
+        return max(0, min(_BATCH, limit - self._held))
 
     def accept(
         self, queue: str, source: Source, deliveries: Iterable[Delivery],
@@ -506,7 +567,7 @@ class Channel(virtual.Channel):
             info = properties.setdefault("delivery_info", {})
             info["redelivered"] = delivery.attempt > 1
             if fetcher is not None and (
-                fetcher.stopped.is_set() or queue not in self._active_queues
+                fetcher.stopped.is_set() or self.closed or queue not in self._active_queues
             ):
                 self.settle(tag, REQUEUE, count_attempt=False)
                 continue
@@ -562,9 +623,9 @@ class Channel(virtual.Channel):
         self.pubsub.ack_deliveries(topic, queue, [delivery.id])
 
     def count_held(self, n: int) -> None:
-        with self.budget_changed:
+        with self.room.lock:
             self._held += n
-            self.budget_changed.notify_all()
+            self.room.changed_locked()
 
     def _return_buffered(self, queue: str | None = None) -> None:
         for tag in self.transport.unbuffer(self, queue):
@@ -573,9 +634,6 @@ class Channel(virtual.Channel):
     def close(self) -> None:
         if self.closed:
             return
-        if self._fetcher is not None:
-            self._fetcher.stop()
-            self._fetcher = None
         transport = self.transport
         super().close()  # cancels consumers, restores delivered unacked messages
         self.closed = True
@@ -616,6 +674,8 @@ class Transport(virtual.Transport):
         self._tags = itertools.count(1)
         self._seq = itertools.count()
         self._prefix = f"{id(self):x}."
+        self.room = _Room()
+        self.fetcher: _Fetcher | None = None
         self._wakeup: tuple[int, int] | None = None  # (read, write) ends, while on a hub
         self._hub: Any = None
         self._wakeup_due = False  # a byte is in the pipe that the hub has not read yet
@@ -646,6 +706,11 @@ class Transport(virtual.Transport):
             return runtime.pubsub(name)
         except ComponentNotFound as exc:
             raise ComponentNotFound("pubsub", name, exc.known) from None
+
+    def start_fetching(self) -> None:
+        with self._lock:
+            if self.fetcher is None:
+                self.fetcher = _Fetcher(self)
 
     def establish_connection(self) -> Transport:
         # Fail now, as kombu's own transports do: an unknown component name lists the
@@ -780,5 +845,9 @@ class Transport(virtual.Transport):
             self._buffered.pop(channel, None)
 
     def close_connection(self, connection: Any) -> None:
+        with self._lock:
+            fetcher, self.fetcher = self.fetcher, None
+        if fetcher is not None:
+            fetcher.stop()
         super().close_connection(connection)
         self.unregister_from_event_loop(connection, self._hub)

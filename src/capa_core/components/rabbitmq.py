@@ -398,11 +398,15 @@ class _Feed:
     window: int = 0
     arrived: deque[tuple[Any, Any, bytes]] = field(default_factory=deque)
     waiters: set[asyncio.Future[None]] = field(default_factory=set)  # pulls waiting for arrivals
-    waking: bool = False
     pulls: int = 0  # pulls in progress
     retire: asyncio.TimerHandle | None = None  # cancels the consumer once pulls stop coming
     consume_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     open_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _finish(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _unavailable(exc: BaseException) -> BaseException:
@@ -1029,19 +1033,15 @@ class _Link:
             left = deadline - self.loop.time()
             if left <= 0:
                 return []
+            # A bare future and timer: asyncio.wait costs more than the rest of a pull.
             waiter: asyncio.Future[None] = channel.watch(self.loop.create_future())
+            timer = self.loop.call_later(left, _finish, waiter)
             feed.waiters.add(waiter)
             try:
-                await asyncio.wait([waiter], timeout=left)
+                await waiter  # the channel's loss fails it
             finally:
                 feed.waiters.discard(waiter)
-                if not waiter.done():
-                    waiter.cancel()
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
-                raise waiter.exception()  # type: ignore[misc]
-            if len(feed.arrived) < max_messages:
-                # One more turn of the loop reads what the socket holds of the same burst.
-                await asyncio.sleep(0)
+                timer.cancel()
         return self._take_arrived(feed, max_messages)
 
     async def _stand(self, feed: _Feed, channel: _Channel, window: int) -> None:
@@ -1055,10 +1055,11 @@ class _Link:
                 )
                 return
             feed.arrived.append((method, properties, body))
-            if feed.waiters and not feed.waking:
-                # Let the rest of this burst (frames already read) arrive before waking pulls.
-                feed.waking = True
-                self.loop.call_soon(self._wake, feed)
+            # The waiting pulls resume on the loop's next turn, after the rest of what this
+            # read of the socket holds has arrived too.
+            for waiter in feed.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
         async with feed.consume_lock:
             if feed.consumer is not None and feed.window >= window:
@@ -1105,12 +1106,6 @@ class _Link:
             return
         if channel.usable:
             channel.channel.basic_ack(tag)
-
-    def _wake(self, feed: _Feed) -> None:
-        feed.waking = False
-        for waiter in feed.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     async def _cancel(self, channel: _Channel, consumer_tag: str) -> None:
         """Cancel a consumer, keeping the messages that arrive before cancel-ok.
