@@ -158,6 +158,31 @@ def test_topics_never_act_as_wildcards() -> None:
 # --- the broker ----------------------------------------------------------------------------------
 
 
+def test_a_message_goes_out_in_one_write_and_arrives_whole(
+    bus: RabbitMQPubSub, exchange: str
+) -> None:
+    bus.ensure_group("files", "g")
+    link = bus._broker()
+    transport = link.connection._transport
+    writes: list[int] = []
+    write = transport.write
+    transport.write = lambda data: (writes.append(len(data)), write(data))[1]
+    sent = link.connection.frames_sent
+    small, large = b"x" * 100, bytes(range(256)) * 2000  # 512 kB: several body frames
+    try:
+        bus.publish("files", small, {})
+    finally:
+        transport.write = write
+    assert link.connection.frames_sent - sent == 3  # method, header, body...
+    assert len(writes) == 1  # ...in one write
+    bus.publish("files", large, {"n": "2"})
+    got = bus.pull("files", "g", 2, 5.0, 30)
+    got += bus.pull("files", "g", 2 - len(got), 5.0, 30)
+    assert [d.data for d in got] == [small, large]
+    assert got[1].metadata["n"] == "2"
+    bus.ack("files", "g", [d.id for d in got])
+
+
 def test_publish_returns_once_the_broker_holds_the_message(
     bus: RabbitMQPubSub, exchange: str
 ) -> None:
