@@ -79,6 +79,7 @@ _SWEEP_EVERY = 0.2  # seconds between looks at a quiet topic while another is wa
 _BLOCK = 1.0  # longest blocking pull; also how long a cancelled fetcher may linger
 _BATCH = 16
 _GET_WAIT = 0.05  # basic_get's longest wait for a message just published
+_HANDOVER_WAIT = 0.002  # how long a fetcher may wait for the event loop to take a batch
 
 ACK, REQUEUE, DEAD = "ack", "requeue", "dead"
 
@@ -276,6 +277,7 @@ class _Fetcher:
                     hot = got[0]
                     next_look[hot] = 0.0
                     hot.channel.accept(hot.queue, hot.source, got[1], fetcher=self)
+                    self.transport.let_the_loop_take(_HANDOVER_WAIT)
             except Exception:  # the broker is down or a queue is gone: retry, never die
                 if self.stopped.is_set():
                     return
@@ -679,6 +681,8 @@ class Transport(virtual.Transport):
         self._wakeup: tuple[int, int] | None = None  # (read, write) ends, while on a hub
         self._hub: Any = None
         self._wakeup_due = False  # a byte is in the pipe that the hub has not read yet
+        self._taken = threading.Event()  # set when the event loop took what was buffered
+        self._taken.set()
 
     @property
     def default_connection_params(self) -> dict[str, Any]:
@@ -749,7 +753,17 @@ class Transport(virtual.Transport):
             self._ready.notify_all()
             if self._wakeup is not None and not self._wakeup_due:
                 self._wakeup_due = True
+                self._taken.clear()
                 os.write(self._wakeup[1], b"!")
+
+    def let_the_loop_take(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` s) for the event loop to take what was buffered.
+
+        Blocking here hands the interpreter to the loop's thread at once: the fetcher would
+        otherwise hold it through its next round, up to its next pull, while the loop's thread
+        waits to deliver.
+        """
+        self._taken.wait(timeout)
 
     def unbuffer(self, channel: Channel, queue: str | None) -> list[str]:
         with self._ready:
@@ -794,6 +808,7 @@ class Transport(virtual.Transport):
     def unregister_from_event_loop(self, connection: Any, loop: Any) -> None:
         with self._ready:
             wakeup, self._wakeup, self._hub = self._wakeup, None, None
+        self._taken.set()  # drain_events delivers from now on: nothing to wait for
         if wakeup is None:
             return
         if loop is not None:
@@ -809,6 +824,7 @@ class Transport(virtual.Transport):
                 os.read(self._wakeup[0], 4096)
             self._wakeup_due = False
             batch = self._take_ready()
+        self._taken.set()
         self._deliver_batch(batch)
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
