@@ -76,7 +76,7 @@ log = logging.getLogger("capa_compat.kombu")
 CONTENT_TYPE = "application/x-kombu+json"
 PRIORITY_STEPS = (0, 3, 6, 9)
 _SWEEP_EVERY = 0.2  # seconds between looks at a quiet topic while another is waited on
-_BLOCK = 1.0  # longest blocking pull; also how long a cancelled fetcher may linger
+_BLOCK = 1.0  # longest blocking pull; also how long a stopped fetcher may linger
 _BATCH = 16
 _GET_WAIT = 0.05  # basic_get's longest wait for a message just published
 _HANDOVER_WAIT = 0.002  # how long a fetcher may wait for the event loop to take a batch
@@ -313,7 +313,6 @@ class Channel(virtual.Channel):
         self.max_attempts = int(self.max_attempts or 0)
         self.room = connection.room
         self._held = 0  # deliveries of this channel not settled yet (buffered or delivered)
-        self._ready: list[tuple[int, int, str, str, dict[str, Any]]] = []
         self._no_ack: set[str] = set()
 
     # --- names -----------------------------------------------------------------------------
