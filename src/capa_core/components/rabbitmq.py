@@ -85,7 +85,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
 from ..errors import CapaError, SettingsError
@@ -677,32 +677,20 @@ class _Link:
             )
         return channel
 
-    async def _control_channel(self) -> _Channel:
+    async def _own_channel(self, role: Literal["control", "publisher", "sender"]) -> _Channel:
+        """The connection's channel for ``role``: "control" (declarations), "publisher"
+        (confirm mode: publishes waited for, moves, recounts) or "sender" (publishes not
+        waited for); opened again when it was lost."""
         await self._ready()
-        if self.control is None or not self.control.usable:
+        channel: _Channel | None = getattr(self, role)
+        if channel is None or not channel.usable:
             assert self.open_lock is not None
             async with self.open_lock:
-                if self.control is None or not self.control.usable:
-                    self.control = await self._open_channel()
-        return self.control
-
-    async def _publisher_channel(self) -> _Channel:
-        await self._ready()
-        if self.publisher is None or not self.publisher.usable:
-            assert self.open_lock is not None
-            async with self.open_lock:
-                if self.publisher is None or not self.publisher.usable:
-                    self.publisher = await self._open_channel(confirm=True)
-        return self.publisher
-
-    async def _sender_channel(self) -> _Channel:
-        await self._ready()
-        if self.sender is None or not self.sender.usable:
-            assert self.open_lock is not None
-            async with self.open_lock:
-                if self.sender is None or not self.sender.usable:
-                    self.sender = await self._open_channel()
-        return self.sender
+                channel = getattr(self, role)
+                if channel is None or not channel.usable:
+                    channel = await self._open_channel(confirm=role == "publisher")
+                    setattr(self, role, channel)
+        return channel
 
     # --- publishing -----------------------------------------------------------------------------
 
@@ -760,14 +748,14 @@ class _Link:
             for body, metadata in entries
         ]
         if not (self.owner.publisher_confirm or collect):
-            sender = await self._sender_channel()
+            sender = await self._own_channel("sender")
             try:
                 for body, properties in messages:
                     sender.channel.basic_publish(self.exchange, key, body, properties)
             except Exception as exc:
                 raise _unavailable(exc) from exc
             return [None] * len(entries)
-        channel = await self._publisher_channel()
+        channel = await self._own_channel("publisher")
         confirms = [self._send(channel, self.exchange, key, body, properties)
                     for body, properties in messages]
         try:
@@ -840,7 +828,7 @@ class _Link:
         async with self.topology_lock:
             if topic in self.topics:
                 return
-            channel = await self._control_channel()
+            channel = await self._own_channel("control")
             await self._declare_exchanges(channel)
             await self._declare_holding(channel, topic)
             self.topics.add(topic)
@@ -854,7 +842,7 @@ class _Link:
                 return
             queue = self._queue(topic, group)
             key = _checked_name(routing_key(topic), "routing key")
-            channel = await self._control_channel()
+            channel = await self._own_channel("control")
             raw = channel.channel
             await self._declare_exchanges(channel)
             await channel.rpc(lambda cb: raw.queue_declare(
@@ -896,7 +884,7 @@ class _Link:
 
     async def _move(self, channel: _Channel, source: str, target: str) -> None:
         """Move every message of ``source`` into ``target``: republish, confirm, then ack."""
-        publisher = await self._publisher_channel()
+        publisher = await self._own_channel("publisher")
         moved: list[tuple[int, asyncio.Future[None]]] = []
         try:
             while (got := await self._get(channel, source)) is not None:
@@ -918,9 +906,7 @@ class _Link:
         await self.ensure_group(topic, group)
         # On the channel publish() writes to: the broker takes a channel's frames in order, so
         # what this process published before the purge is purged with it, confirmed or not.
-        channel = await (
-            self._publisher_channel() if self.owner.publisher_confirm else self._sender_channel()
-        )
+        channel = await self._own_channel("publisher" if self.owner.publisher_confirm else "sender")
         raw = channel.channel
         frame = await channel.rpc(
             lambda cb: raw.queue_purge(self._queue(topic, group), callback=cb)
@@ -945,7 +931,7 @@ class _Link:
         self.groups.discard((topic, group))
         assert self.topology_lock is not None
         async with self.topology_lock:
-            control = await self._control_channel()
+            control = await self._own_channel("control")
             raw = control.channel
             await control.rpc(lambda cb: raw.queue_delete(self._queue(topic, group), callback=cb))
 
@@ -1117,7 +1103,7 @@ class _Link:
             delivery_mode=2, headers=headers, content_type=properties.content_type
         )
         try:
-            publisher = await self._publisher_channel()
+            publisher = await self._own_channel("publisher")
             await self._send(publisher, "", feed.queue, body, again)  # straight to this queue
         except Exception as exc:
             log.warning("could not count a redelivery of a message of %s (%s): it stays queued",
