@@ -234,6 +234,9 @@ def test_url_shorthand_picks_the_type(tmp_path: Path, url: str, kind: str) -> No
         ("state.postgresql", "state.postgres"),
         ("secretstores.local.env", "secrets.env"),
         ("secretstores.env", "secrets.env"),
+        ("memory", "state.memory"),  # a bare kind belongs to the block it is written under
+        ("Redis", "state.redis"),
+        ("sqlite", "pubsub.sqlite"),
     ],
 )
 def test_type_names_and_dapr_aliases(tmp_path: Path, given: str, expected: str) -> None:
@@ -254,6 +257,11 @@ def test_unknown_type_lists_known_types_with_did_you_mean(tmp_path: Path) -> Non
     assert "known types:" in message and "state.memory" in message and "pubsub.sqlite" in message
     assert "capa.components" in message
     assert "group. Fix: " in message
+
+
+def test_an_unknown_bare_kind_suggests_the_blocks_own_types(tmp_path: Path) -> None:
+    message = settings_error(tmp_path, document={"state": {"cache": {"type": "reddis"}}})
+    assert "'state.reddis'" in message and "did you mean 'state.redis'" in message
 
 
 def test_unknown_url_scheme_lists_the_schemes(tmp_path: Path) -> None:

@@ -234,6 +234,8 @@ def _spec(block: str, name: str, body: Mapping[str, Any], source: str) -> Compon
         elif not isinstance(type_name, str):
             raise SettingsError(source, f"{key}.type", "must be a string", 'e.g. "state.redis"')
         type_name = normalize_type(type_name)
+        if "." not in type_name:  # a bare kind under [state.cache]: "redis" is "state.redis"
+            type_name = f"{block}.{type_name}"
         cls = resolve(type_name)
     except UnknownComponentType as exc:
         raise SettingsError(source, key, str(exc), "use one of the known types") from None
