@@ -204,7 +204,9 @@ def test_a_publisher_that_does_not_wait_loses_nothing_on_purge_or_close(exchange
         for n in range(50):
             made.publish("orders", f"m{n}".encode(), {})
         link = made._broker()
-        assert link.sender is not None and not link.sender.confirms  # no confirm mode
+        # They went on the sender channel, not on the publisher's confirm-mode channel.
+        assert link.sender is not None and link.sender is not link.publisher
+        assert link.publisher is None or link.publisher.sequence == 0
         # The purge goes on the channel the unconfirmed publishes went on: all 50 are purged.
         assert made.purge("orders", "g") == 50
         for n in range(20):
