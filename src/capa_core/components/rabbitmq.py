@@ -26,8 +26,10 @@ Confirms. With ``publisherConfirm`` false (Dapr's setting; kombu's ``confirm_pub
 Celery has it on RabbitMQ) publish() writes the message on a channel without confirm mode and
 returns: no round trip, and no confirm for the broker to send (confirm mode took about a third of
 the broker's CPU per Celery task here). As with Dapr and native Celery, a message written just
-before the connection drops can then be lost. bulk_publish() always waits for confirms, as it
-reports failures by entry.
+before the connection drops can then be lost. And a quorum queue may enqueue the last
+unconfirmed publishes after a purge sent behind them on the same channel (RabbitMQ appends
+enqueues at a lower priority than the purge): they are not purged, but they are not lost either.
+bulk_publish() always waits for confirms, as it reports failures by entry.
 
 Threading. pika connections are not thread-safe, so each component keeps its one connection on
 a private asyncio event loop (pika's asyncio adapter) owned by the component, and only that loop
@@ -905,7 +907,8 @@ class _Link:
     async def purge(self, topic: str, group: str) -> int:
         await self.ensure_group(topic, group)
         # On the channel publish() writes to: the broker takes a channel's frames in order, so
-        # what this process published before the purge is purged with it, confirmed or not.
+        # what this process published before the purge is purged with it (on a quorum queue the
+        # last unconfirmed ones can still come in after it: see Confirms above).
         channel = await self._own_channel("publisher" if self.owner.publisher_confirm else "sender")
         raw = channel.channel
         frame = await channel.rpc(
