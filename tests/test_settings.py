@@ -386,6 +386,34 @@ def test_component_variables(tmp_path: Path) -> None:
     assert found.names("state") == ["cache", "default"]
 
 
+def test_a_variable_reaches_a_camel_case_setting(tmp_path: Path) -> None:
+    # Environment variable names are upper case: the key arrives as "publisherconfirm" and
+    # still sets publisherConfirm (Dapr matches metadata names regardless of case too).
+    from capa_core.registry import resolve
+
+    env = {
+        "CAPA_PUBSUB__EVENTS__URL": "amqp://guest:guest@127.0.0.1:5672/",
+        "CAPA_PUBSUB__EVENTS__PUBLISHERCONFIRM": "false",
+        "CAPA_PUBSUB__EVENTS__QUEUETYPE": "classic",
+    }
+    spec = load(tmp_path, env).components[("pubsub", "events")]
+    bus = resolve(spec.type)(spec.name, spec.metadata, source=spec.source)
+    assert (bus.publisher_confirm, bus.queue_type) == (False, "classic")
+    env["CAPA_PUBSUB__EVENTS__PUBLISHERCONFIRM"] = "sometimes"
+    spec = load(tmp_path, env).components[("pubsub", "events")]
+    with pytest.raises(SettingsError, match=r"publisherConfirm.*'sometimes'"):
+        resolve(spec.type)(spec.name, spec.metadata, source=spec.source)
+
+
+def test_an_exactly_named_setting_wins_over_one_that_differs_in_case() -> None:
+    from capa_core.components.memory import MemoryState
+
+    state = MemoryState("s", {"keyprefix": "folded", "keyPrefix": "exact", "TTL": "5"})
+    assert state.setting("keyPrefix") == ("keyPrefix", "exact")
+    assert state.setting("ttl") == ("TTL", "5")
+    assert state.setting("absent", "alsoAbsent") is None
+
+
 @pytest.mark.parametrize(
     ("var", "value", "words"),
     [

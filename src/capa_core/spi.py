@@ -80,14 +80,27 @@ class Component(abc.ABC):
         if feature not in self.features:
             raise UnsupportedFeature(f"{self.name} ({self.type_name})", feature.value, hint)
 
+    def setting(self, *names: str) -> tuple[str, Any] | None:
+        """The first of ``names`` set in the metadata, and its value.
+
+        Names match regardless of case, as in Dapr (and an environment variable's key,
+        CAPA_PUBSUB__EVENTS__PUBLISHERCONFIRM, arrives lower-cased); an exact match wins.
+        """
+        for name in names:
+            if name in self.metadata:
+                return name, self.metadata[name]
+        folded = {k.lower(): k for k in self.metadata if isinstance(k, str)}
+        for name in names:
+            if (found := folded.get(name.lower())) is not None:
+                return found, self.metadata[found]
+        return None
+
     def option(self, key: str, cast: Callable[[Any], T], default: T, *aliases: str) -> T:
         """A metadata value converted by ``cast``; a bad one fails naming the setting."""
-        for name in (key, *aliases):
-            if name in self.metadata:
-                raw = self.metadata[name]
-                break
-        else:
+        found = self.setting(key, *aliases)
+        if found is None:
             return default
+        raw = found[1]
         try:
             if cast is bool and isinstance(raw, str):
                 lowered = raw.strip().lower()

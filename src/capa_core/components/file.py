@@ -91,11 +91,7 @@ _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 def _file_settings(component: Component, *path_keys: str) -> tuple[Path, str]:
     """The absolute path and format a file component's url / path / format metadata name."""
-    raw = ""
-    for key in path_keys:
-        if key in component.metadata:
-            raw = component.option(key, str, "")
-            break
+    raw = component.option(path_keys[0], str, "", *path_keys[1:])
     url = component.metadata.get("url")
     if not raw and url:
         parts = urlsplit(str(url))

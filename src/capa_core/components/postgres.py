@@ -396,9 +396,10 @@ def _identifier(component: Component, key: str, value: str, reserve: int = 0) ->
 
 def _conninfo(component: Component, psycopg: Any) -> str:
     """The libpq connection string from ``url`` / ``connectionString`` and part overrides."""
-    for key in ("url", "connectionString", "connection_string"):
-        raw = component.metadata.get(key)
-        if raw:
+    for name in ("url", "connectionString", "connection_string"):
+        found = component.setting(name)
+        if found is not None and found[1]:
+            key, raw = found
             break
     else:
         raise SettingsError(
