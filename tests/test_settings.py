@@ -552,6 +552,8 @@ def test_unresolvable_secret_references_fail_at_start_up(
          "  metadata:\n  - value: 1\n", "has no name"),
         ("kind: Component\nmetadata: {name: x}\nspec:\n  type: state.nope\n", "known types"),
         ("kind: Component\nmetadata: {name: x\n", "cannot parse"),
+        ("kind: Component\nmetadata: {name: x}\nspec:\n  type: state.in-memory\n"
+         "  metadata:\n  - {name: type, value: state.redis}\n", "clashes with the component's"),
     ],
 )
 def test_broken_dapr_components_name_the_file(tmp_path: Path, text: str, words: str) -> None:

@@ -364,4 +364,9 @@ def _dapr_component(doc: Mapping[str, Any], source: str) -> ComponentSpec:
             source, f"{name}.spec.type", f"{type_name!r} is not a supported building block",
             f"capa supports {', '.join(BLOCKS)}",
         )
+    if "type" in metadata:  # it would be taken for spec.type, or lost
+        raise SettingsError(
+            source, f"{name}.spec.metadata.type", "clashes with the component's spec.type",
+            "remove the metadata entry named type: spec.type says what the component is",
+        )
     return _spec(block, str(name), {"type": type_name, **metadata}, source)
