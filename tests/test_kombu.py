@@ -87,6 +87,32 @@ def test_simple_queue_round_trip(conn: Connection) -> None:
     queue.close()
 
 
+def settled(read: Any, expected: int, within: float = 5.0) -> int:
+    """``read()`` once it returns ``expected`` or ``within`` seconds passed (on RabbitMQ an
+    ``amqp://`` publisher does not wait for the broker, which counts a message a moment later)."""
+    deadline = time.monotonic() + within
+    while (value := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return int(value)
+
+
+def test_queue_sizes_count_what_no_consumer_holds(conn: Connection) -> None:
+    queue = conn.SimpleQueue("sized")
+    for n in range(5):
+        queue.put(n)
+    assert settled(queue.qsize, 5) == 5
+    assert len(queue) == 5
+    _, message_count, _ = queue.queue.queue_declare(passive=True)
+    assert message_count == 5
+    queue.consumer.qos(prefetch_count=1)
+    first = queue.get(timeout=5)
+    assert settled(queue.qsize, 4) == 4  # the one in hand (a prefetch of one) does not count
+    assert queue.clear() == 4
+    assert settled(queue.qsize, 0) == 0
+    first.ack()
+    queue.close()
+
+
 def test_simple_buffer_and_get_nowait(conn: Connection) -> None:
     buffer = conn.SimpleBuffer("buffer")
     assert isinstance(buffer, SimpleBuffer)

@@ -532,6 +532,10 @@ class PubSub:
     def purge(self, topic: str, *, group: str = DEFAULT_GROUP) -> int:
         return self._call(self.component, "purge", self.component.purge, topic, group)
 
+    def backlog(self, topic: str, *, group: str = DEFAULT_GROUP) -> int:
+        """How many messages wait for ``group``, never handed to a consumer (see the SPI)."""
+        return self._call(self.component, "backlog", self.component.backlog, topic, group)
+
     def delete_group(self, topic: str, *, group: str = DEFAULT_GROUP) -> None:
         """Remove ``group`` of ``topic`` with the messages waiting for it (a queue delete)."""
         self._call(self.component, "delete_group", self.component.delete_group, topic, group)

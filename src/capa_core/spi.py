@@ -242,6 +242,12 @@ class PubSubComponent(Component):
         """Drop the messages waiting for ``group``; return how many. Optional primitive."""
         raise UnsupportedFeature(f"{self.name} ({self.type_name})", "purge")
 
+    def backlog(self, topic: str, group: str) -> int:
+        """How many messages wait for ``group`` never handed to a consumer: what purge() would
+        drop now (kombu's qsize, AMQP's message count; RabbitMQ also counts messages handed
+        back, which it requeues). Optional primitive."""
+        raise UnsupportedFeature(f"{self.name} ({self.type_name})", "backlog")
+
     def delete_group(self, topic: str, group: str) -> None:
         """Remove ``group`` and what waits for it: it gets nothing more. Optional primitive."""
         raise UnsupportedFeature(f"{self.name} ({self.type_name})", "delete_group")

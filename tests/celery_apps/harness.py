@@ -147,8 +147,8 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 def delete_rabbitmq_queues(tokens: set[str]) -> None:
     """Delete the RabbitMQ queues whose names contain one of ``tokens`` (a test's own prefixes).
 
-    capa pub/sub has no call that removes a group, and every group on RabbitMQ is a quorum queue:
-    left behind run after run they slow the server down for everyone.
+    A test that ends without deleting its groups (a killed worker, a failed assertion) leaves
+    their queues behind: run after run they would slow the server down for everyone.
     """
     if not tokens:
         return

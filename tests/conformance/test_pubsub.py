@@ -573,6 +573,39 @@ class TestPubSubConformance:
         assert purged == 3
         assert bus.pull(topic, group="g", timeout=0.2) == []
 
+    def test_backlog_counts_what_waits_for_a_group_or_is_refused(
+        self, bus: PubSub, topic: str
+    ) -> None:
+        declare(bus, topic, "g")
+        declare(bus, topic, "other")
+        try:
+            assert bus.backlog(topic, group="g") == 0
+        except UnsupportedFeature as exc:
+            assert exc.feature == "backlog"
+            return
+        for n in range(5):
+            bus.publish(topic, n)
+
+        def settles_at(expected: int, group: str = "g") -> int:
+            # A publisher that does not wait for the broker (publisherConfirm false) returns
+            # before the message is counted; every other component counts it at once.
+            deadline = time.monotonic() + 5
+            while (count := bus.backlog(topic, group=group)) != expected:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            return count
+
+        assert settles_at(5) == 5
+        held = pull_n(bus, topic, 2, group="g")
+        assert settles_at(3) == 3  # the two in hand no longer wait
+        assert settles_at(5, "other") == 5  # every group has its own copy
+        for message in held:
+            message.ack()
+        assert settles_at(3) == 3
+        assert bus.purge(topic, group="g") == 3
+        assert settles_at(0) == 0
+
     def test_delete_group_drops_it_and_what_waits_for_it_or_is_refused(
         self, bus: PubSub, topic: str
     ) -> None:

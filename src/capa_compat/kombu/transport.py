@@ -29,8 +29,9 @@ rejected without requeue, goes to the topic of queue ``Q.dead``.
 
 Limits: a message's ``expiration`` (AMQP's per-message TTL) is kept but not enforced, as by
 kombu's Redis transport: a consumer still gets the message, and Celery marks an expired task
-REVOKED when it sees it. capa pub/sub does not count waiting messages, so queue sizes (``qsize``,
-the message count of ``queue_declare``) read 0. Deleting a queue removes its groups (with what
+REVOKED when it sees it. Queue sizes (``qsize``, the message count of ``queue_declare``) count
+what waits in the queue's groups (capa's backlog), not what a consumer fetched ahead; on a
+component that cannot count they read 0. Deleting a queue removes its groups (with what
 waits in them), and so does cancelling the last consumer in this process of a queue declared
 auto-delete (``celery events``, ``celery inspect`` replies, a worker's control queue); a process
 killed before that leaves the group behind.
@@ -391,7 +392,14 @@ class Channel(virtual.Channel):
         """Bindings are made in queue_bind (groups); nothing more to do here."""
 
     def _size(self, queue: str) -> int:
-        return 0  # capa pub/sub does not count waiting messages
+        """Messages waiting in the queue's groups; those fetched ahead for a consumer are held,
+        as prefetched messages are unacked on RabbitMQ, and do not count."""
+        size = 0
+        for source in self.sources(queue):
+            self.ensure(source.topic, queue)
+            with contextlib.suppress(UnsupportedFeature):
+                size += self.pubsub.backlog(source.topic, group=queue)
+        return size
 
     def _purge(self, queue: str) -> int:
         purged = 0

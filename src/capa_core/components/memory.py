@@ -303,6 +303,11 @@ class MemoryPubSub(PubSubComponent):
             state.ready.clear()
             return count
 
+    def backlog(self, topic: str, group: str) -> int:
+        with self._bus.changed:
+            state = self._bus.topics.get(topic, _Topic()).groups.get(group)
+            return 0 if state is None else len(state.ready)
+
 
 # --- configuration -----------------------------------------------------------------------------
 

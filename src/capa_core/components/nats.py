@@ -264,6 +264,10 @@ class NatsPubSub(PubSubComponent):
         return self._run(lambda link: link.purge(topic, group),
                          self.connect_timeout + 10 * self.request_timeout + 30)
 
+    def backlog(self, topic: str, group: str) -> int:
+        return self._run(lambda link: link.backlog(topic, group),
+                         self.connect_timeout + self.request_timeout + 30)
+
     def translate_error(self, exc: Exception) -> CapaError | None:
         if isinstance(exc, NatsRefused):
             key = "url" if exc.what == "connection" else "stream"
@@ -657,13 +661,18 @@ class _Link:
         except Exception as exc:
             raise _failure(exc, f"consumer of {topic}/{group}") from exc
 
-    async def purge(self, topic: str, group: str) -> int:
+    async def backlog(self, topic: str, group: str) -> int:
+        """What the group's consumer has not delivered yet (JetStream's num_pending)."""
         durable = await self.ensure_group(topic, group)
         try:
             info = await self.jetstream.consumer_info(self.stream, durable)
         except Exception as exc:
             raise _failure(exc, f"consumer of {topic}/{group}") from exc
-        waiting = int(info.num_pending)
+        return int(info.num_pending)
+
+    async def purge(self, topic: str, group: str) -> int:
+        durable = await self.ensure_group(topic, group)
+        waiting = await self.backlog(topic, group)
         dropped = 0
         while dropped < waiting:
             got = await self._next(durable, min(256, waiting - dropped), None)

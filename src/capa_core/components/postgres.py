@@ -806,6 +806,7 @@ class PostgresPubSub(_OnDatabase, PubSubComponent):
         )
         self._extend = f"UPDATE {m} SET visible_at = {_EXPIRY} WHERE id = ANY(%s)"
         self._purge = f"DELETE FROM {m} WHERE topic = %s AND grp = %s AND attempt = 0"
+        self._backlog = f"SELECT count(*) FROM {m} WHERE topic = %s AND grp = %s AND attempt = 0"
         self._add_group = f"INSERT INTO {g} (topic, grp) VALUES (%s, %s) ON CONFLICT DO NOTHING"
         self._first_group = f"SELECT grp FROM {g} WHERE topic = %s ORDER BY seq LIMIT 1"
         self._adopt = f"UPDATE {m} SET grp = %s WHERE topic = %s AND grp = ''"
@@ -930,6 +931,10 @@ class PostgresPubSub(_OnDatabase, PubSubComponent):
 
     def purge(self, topic: str, group: str) -> int:
         return int(self._db.execute(self._purge, (topic, group), COUNT))
+
+    def backlog(self, topic: str, group: str) -> int:
+        row = self._db.execute(self._backlog, (topic, group), ONE)
+        return 0 if row is None else int(row[0])
 
     def delete_group(self, topic: str, group: str) -> None:
         self._groups.pop((topic, group), None)

@@ -28,7 +28,7 @@ returns: no round trip, and no confirm for the broker to send (confirm mode took
 the broker's CPU per Celery task here). As with Dapr and native Celery, a message written just
 before the connection drops can then be lost. And a quorum queue may enqueue the last
 unconfirmed publishes after a purge sent behind them on the same channel (RabbitMQ appends
-enqueues at a lower priority than the purge): they are not purged, but they are not lost either.
+enqueues at a lower priority): they are not purged, but they are not lost either.
 bulk_publish() always waits for confirms, as it reports failures by entry.
 
 Threading. pika connections are not thread-safe, so each component keeps its one connection on
@@ -300,6 +300,9 @@ class RabbitMQPubSub(PubSubComponent):
 
     def purge(self, topic: str, group: str) -> int:
         return self._run(lambda link: link.purge(topic, group), self.connect_timeout + 30)
+
+    def backlog(self, topic: str, group: str) -> int:
+        return self._run(lambda link: link.backlog(topic, group), self.connect_timeout + 30)
 
     def translate_error(self, exc: Exception) -> CapaError | None:
         if isinstance(exc, RabbitMQRefused):
@@ -923,6 +926,27 @@ class _Link:
                 feed.channel.channel.basic_ack(method.delivery_tag)
                 dropped += 1
         return int(frame.method.message_count) + dropped
+
+    async def backlog(self, topic: str, group: str) -> int:
+        """The group queue's ready messages, and those pushed to this process's consumer that no
+        pull took (exact at rest; while messages are acked, one may count twice)."""
+        await self.ensure_group(topic, group)
+        # (A queue answers a count ahead of the messages still on their way in, even those
+        # published before on the same channel: after unconfirmed publishes it can run short.)
+        channel = await self._own_channel("control")
+        raw = channel.channel
+        queue = self._queue(topic, group)
+        frame = await channel.rpc(lambda cb: raw.queue_declare(queue, passive=True, callback=cb))
+        ready = int(frame.method.message_count)
+        feed = self.feeds.get((topic, group))
+        if feed is None or feed.channel is None or not feed.channel.usable:
+            return ready
+        # Deliveries the broker had under way to the consumer when it counted (no longer ready,
+        # not arrived yet) reach us ahead of its answer to a later request on their channel.
+        consuming = feed.channel.channel
+        await feed.channel.rpc(lambda cb: consuming.basic_qos(prefetch_count=feed.qos,
+                                                              callback=cb))
+        return ready + len(feed.arrived)
 
     async def delete_group(self, topic: str, group: str) -> None:
         feed = self.feeds.pop((topic, group), None)

@@ -668,6 +668,25 @@ end
 return 0
 """)
 
+# KEYS[1] stream; ARGV[1] group. The entries past the group's last delivered one: its lag,
+# counted when the server could not keep it (entries were deleted from the stream).
+_BACKLOG = _Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, last, lag
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then last = g[i + 1] end
+    if g[i] == 'lag' then lag = g[i + 1] end
+  end
+  if name == ARGV[1] then
+    if type(lag) == 'number' then return lag end
+    return #redis.call('XRANGE', KEYS[1], '(' .. last, '+')
+  end
+end
+return 0
+""")
+
 # KEYS[1] stream, KEYS[2] the group's due set; ARGV[1] group.
 _DELETE_GROUP = _Script("""
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -857,6 +876,9 @@ class RedisPubSub(_RedisComponent, PubSubComponent):
 
     def purge(self, topic: str, group: str) -> int:
         return int(self._eval(_PURGE, [self._stream(topic)], [group]))
+
+    def backlog(self, topic: str, group: str) -> int:
+        return int(self._eval(_BACKLOG, [self._stream(topic)], [group]))
 
     def delete_group(self, topic: str, group: str) -> None:
         self._groups.discard((topic, group))

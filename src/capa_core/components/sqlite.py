@@ -756,6 +756,15 @@ class SqlitePubSub(_SqliteComponent, PubSubComponent):
         )
         return cur.rowcount
 
+    def backlog(self, topic: str, group: str) -> int:
+        gid = self._group_id(topic, group, create=False)
+        if gid is None:
+            return 0
+        row = self._conn().execute(
+            f"SELECT count(*) FROM {self._deliveries} WHERE group_id = ? AND attempt = 0", (gid,)
+        ).fetchone()
+        return int(row[0])
+
 
 # --- configuration -----------------------------------------------------------------------------
 
