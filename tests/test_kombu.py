@@ -157,6 +157,47 @@ def test_producer_consumer_manual_ack(conn: Connection) -> None:
         conn.drain_events(timeout=0.5)
 
 
+def test_messages_requeued_after_a_cancel_come_back_in_their_order(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling a consumer while its fetcher waits on the queue, then requeueing what it
+    delivered: the wait must not take the first requeued message and hand it back behind the
+    second (on a busy machine, where taking it in takes a while)."""
+    from capa_compat.kombu import transport
+
+    def slowly(accept: Any) -> Any:
+        def accept_slowly(channel: Any, queue: str, *args: Any, **kwargs: Any) -> Any:
+            if queue not in channel._active_queues:
+                time.sleep(0.05)
+            return accept(channel, queue, *args, **kwargs)
+        return accept_slowly
+
+    monkeypatch.setattr(transport.Channel, "accept", slowly(transport.Channel.accept))
+    queue = Queue("requeued", Exchange("requeued"), routing_key="requeued")
+    producer = Producer(conn.channel(), exchange=queue.exchange, routing_key="requeued")
+    for n in range(2):
+        producer.publish({"n": n}, declare=[queue])
+    held: list[Any] = []
+    consumer = Consumer(conn, [queue], callbacks=[lambda body, m: held.append(m)],
+                        accept=["json"])
+    with consumer:
+        drain_until(conn, lambda: len(held) == 2)
+        time.sleep(0.1)  # the fetcher is now waiting on the queue for more
+    for message in held:
+        message.requeue()
+    time.sleep(0.3)  # a consumer comes back later (what a late pull took goes back first)
+    seen: list[int] = []
+
+    def on_message(body: dict[str, int], message: Any) -> None:
+        seen.append(body["n"])
+        message.ack()
+
+    consumer.callbacks = [on_message]
+    with consumer:
+        drain_until(conn, lambda: len(seen) == 2)
+    assert seen == [0, 1]
+
+
 def test_consuming_on_kombus_event_loop(conn: Connection) -> None:
     """Celery's worker consumes on kombu's Hub: fetched messages wake it through a pipe."""
     from kombu.asynchronous import Hub

@@ -193,11 +193,21 @@ class _Fetcher:
         self.stopped.set()
         self.transport.room.changed()
 
-    def pull(self, consumed: _Consumed, n: int, timeout: float) -> list[Delivery]:
+    def fetch(self, consumed: _Consumed, n: int, timeout: float) -> bool:
+        """Pull up to ``n`` messages of a consumed topic and buffer them; whether any came.
+
+        A queue no longer consumed is not pulled; what a pull under way when its consumer was
+        cancelled gets is handed back before wait_out() returns.
+        """
+        channel, queue = consumed.channel, consumed.queue
         with self.pulled:
-            self.pulling = consumed.queue
+            if queue not in channel._active_queues:
+                return False
+            self.pulling = queue
         try:
-            return consumed.channel.pull(consumed.source, consumed.queue, n, timeout)
+            deliveries = channel.pull(consumed.source, queue, n, timeout)
+            channel.accept(queue, consumed.source, deliveries, fetcher=self)
+            return bool(deliveries)
         finally:
             with self.pulled:
                 self.pulling = None
@@ -260,9 +270,8 @@ class _Fetcher:
                 for consumed in rotated:
                     if consumed == hot or next_look.get(consumed, 0.0) > now:
                         continue  # (the hot topic gets the waiting pull below)
-                    deliveries = self.pull(consumed, room[consumed.channel], 0.0)
-                    if deliveries:
-                        got = (consumed, deliveries)
+                    if self.fetch(consumed, room[consumed.channel], 0.0):
+                        got = consumed
                         break
                     next_look[consumed] = now + _SWEEP_EVERY
                 if got is None and full:
@@ -271,13 +280,11 @@ class _Fetcher:
                     room_changed.wait(seen, _SWEEP_EVERY)
                 elif got is None:
                     wait = _BLOCK if len(candidates) == 1 else _SWEEP_EVERY
-                    deliveries = self.pull(hot, room[hot.channel], wait)
-                    if deliveries:
-                        got = (hot, deliveries)
+                    if self.fetch(hot, room[hot.channel], wait):
+                        got = hot
                 if got is not None:
-                    hot = got[0]
+                    hot = got
                     next_look[hot] = 0.0
-                    hot.channel.accept(hot.queue, hot.source, got[1], fetcher=self)
                     self.transport.let_the_loop_take(_HANDOVER_WAIT)
             except Exception:  # the broker is down or a queue is gone: retry, never die
                 if self.stopped.is_set():
@@ -489,6 +496,11 @@ class Channel(virtual.Channel):
             self._no_ack.discard(queue)
             self._return_buffered(queue)
             consumed = any(queue in channel._active_queues for channel in self.transport.channels)
+            fetcher = self.transport.fetcher
+            if fetcher is not None and not consumed and self.transport.held_by(self, queue):
+                # A pull under way for the queue hands back what it gets: let it do so now, not
+                # after the caller requeues the messages it holds (they would pass those).
+                fetcher.wait_out(queue)
             if queue in self.state.auto_delete and not consumed:
                 try:
                     self.queue_delete(queue)  # as a broker deletes an auto-delete queue
@@ -747,8 +759,12 @@ class Transport(virtual.Transport):
             self.pubsub.lease_keeper.release(held.topic, held.group, held.delivery_id)
         return held
 
-    def held_by(self, channel: Channel) -> list[str]:
-        return [tag for tag, held in list(self._held.items()) if held.channel is channel]
+    def held_by(self, channel: Channel, queue: str | None = None) -> list[str]:
+        """The tags of what ``channel`` holds (of ``queue`` only, when given)."""
+        return [
+            tag for tag, held in list(self._held.items())
+            if held.channel is channel and (queue is None or held.group == queue)
+        ]
 
     def buffer(
         self, channel: Channel, queue: str, priority: int, tag: str, payload: dict[str, Any]
