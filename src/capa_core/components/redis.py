@@ -668,8 +668,8 @@ end
 return 0
 """)
 
-# KEYS[1] stream; ARGV[1] group. The entries past the group's last delivered one: its lag,
-# counted when the server could not keep it (entries were deleted from the stream).
+# KEYS[1] stream; ARGV[1] group. The entries past the group's last delivered one: the group's
+# lag, or, where the server cannot tell it (entries were deleted from the stream), counted.
 _BACKLOG = _Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
