@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import collections.abc
 import dataclasses
 import datetime
 import decimal
 import enum
+import functools
 import json
 import pickle
+import types
+import typing
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
 from .errors import SerializationError
@@ -121,12 +126,82 @@ def codec_by_name(name: str, *, allow_pickle: bool = False) -> Codec:
 
 
 def convert(value: Any, as_type: type[T] | None) -> T:
-    """Build ``as_type`` (a dataclass or pydantic model) from a decoded JSON value."""
-    if as_type is None or isinstance(value, as_type):
+    """Build ``as_type`` (a dataclass or pydantic model) from a decoded JSON value.
+
+    A dataclass is built field by field from its type hints, so what JSON turned into dicts,
+    lists and strings comes back as it was saved: nested dataclasses, datetimes, decimals,
+    UUIDs, enums, tuples and sets. Pydantic models validate themselves.
+    """
+    if as_type is None:
         return cast(T, value)
-    validate = getattr(as_type, "model_validate", None)
-    if callable(validate):
-        return cast(T, validate(value))
-    if isinstance(value, dict):
-        return as_type(**value)
-    return as_type(value)  # type: ignore[call-arg]
+    try:
+        return cast(T, _build(value, as_type, top=True))
+    except (TypeError, ValueError) as exc:
+        name = getattr(as_type, "__name__", str(as_type))
+        raise SerializationError(
+            f"cannot build {name} from the stored value ({exc}); read it without as_type to "
+            "see what is stored, or give the type it was saved as"
+        ) from exc
+
+
+_ISO = (datetime.datetime, datetime.date, datetime.time)
+_FROM_TEXT = (decimal.Decimal, uuid.UUID)
+
+
+def _build(value: Any, kind: Any, *, top: bool = False) -> Any:
+    """``value`` as ``kind``: the types JSON cannot carry are rebuilt, the rest passes as is."""
+    if value is None or kind is Any:
+        return value
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Annotated:
+        return _build(value, args[0])
+    if origin is typing.Union or origin is types.UnionType:
+        options = [a for a in args if a is not type(None)]
+        return _build(value, options[0]) if len(options) == 1 else value
+    if origin is not None:
+        return _build_generic(value, origin, args)
+    if not isinstance(kind, type):
+        return value
+    validate = getattr(kind, "model_validate", None)
+    if callable(validate) and not isinstance(value, kind):
+        return validate(value)
+    if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+        hints = _hints(kind)
+        return kind(**{k: _build(v, hints.get(k, Any)) for k, v in value.items()})
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if issubclass(kind, _ISO) and isinstance(value, str):
+        return kind.fromisoformat(value)
+    make: Callable[..., Any] = kind
+    if issubclass(kind, (*_FROM_TEXT, enum.Enum)) or (kind is float and isinstance(value, int)):
+        return make(value)
+    if top:  # a class of the caller's: built from the value, as the caller asked
+        return make(**value) if isinstance(value, dict) else make(value)
+    return value
+
+
+def _build_generic(value: Any, origin: Any, args: tuple[Any, ...]) -> Any:
+    """``value`` as ``origin[args]``: a tuple, a set, a list or a mapping of typed items."""
+    if not isinstance(origin, type):  # Literal and the like: nothing to rebuild
+        return value
+    if isinstance(value, list):
+        if issubclass(origin, tuple):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_build(v, args[0]) for v in value)
+            return tuple(_build(v, a) for v, a in zip(value, args, strict=True)) if args else (
+                tuple(value)
+            )
+        items = [_build(v, args[0]) for v in value] if args else value
+        return origin(items) if issubclass(origin, set | frozenset) else items
+    if isinstance(value, dict) and issubclass(origin, collections.abc.Mapping) and len(args) == 2:
+        return {k: _build(v, args[1]) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def _hints(kind: type) -> dict[str, Any]:
+    """A dataclass's field types; those that cannot be resolved pass their values as they are."""
+    try:
+        return typing.get_type_hints(kind)
+    except Exception:  # a forward reference to a local class, say
+        return {}
