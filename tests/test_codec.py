@@ -215,6 +215,10 @@ class Shipment:
     labels: frozenset[str]
     note: Any = None
     backup: Address | None = None
+    count: int = dataclasses.field(init=False)  # saved, and computed again when built
+
+    def __post_init__(self) -> None:
+        self.count = len(self.lines)
 
 
 def test_a_dataclass_comes_back_as_it_was_saved(memory_runtime: Runtime) -> None:

@@ -166,8 +166,9 @@ def _build(value: Any, kind: Any, *, top: bool = False) -> Any:
     if callable(validate) and not isinstance(value, kind):
         return validate(value)
     if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-        hints = _hints(kind)
-        return kind(**{k: _build(v, hints.get(k, Any)) for k, v in value.items()})
+        hints, derived = _hints(kind), _derived(kind)  # (derived: init=False, computed again)
+        return kind(**{k: _build(v, hints.get(k, Any)) for k, v in value.items()
+                       if k not in derived})
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     if issubclass(kind, _ISO) and isinstance(value, str):
@@ -196,6 +197,11 @@ def _build_generic(value: Any, origin: Any, args: tuple[Any, ...]) -> Any:
     if isinstance(value, dict) and issubclass(origin, collections.abc.Mapping) and len(args) == 2:
         return {k: _build(v, args[1]) for k, v in value.items()}
     return value
+
+
+@functools.cache
+def _derived(kind: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(kind) if not f.init)
 
 
 @functools.cache
