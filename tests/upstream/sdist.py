@@ -9,6 +9,7 @@ to it; a missing or damaged copy is fetched again.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 
 def cache_dir() -> Path:
@@ -74,3 +76,13 @@ def source_tree(distribution: str, version: str | None = None) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def upstream_module(distribution: str, path: str, name: str) -> ModuleType:
+    """The module at ``path`` in ``distribution``'s sdist (a test file, say), loaded as ``name``."""
+    file = source_tree(distribution) / path
+    spec = importlib.util.spec_from_file_location(name, file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -9,31 +9,19 @@ which an unconfirmed publish does not promise on RabbitMQ, natively either.
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from tests.celery_apps.harness import delete_rabbitmq_queues
 from tests.services import require
-from tests.upstream.sdist import source_tree
+from tests.upstream.sdist import upstream_module
 
 from capa_compat.kombu import Connection
 
-
-def _upstream_tests() -> ModuleType:
-    path = source_tree("kombu") / "t" / "unit" / "test_simple.py"
-    spec = importlib.util.spec_from_file_location("kombu_upstream_test_simple", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-upstream = _upstream_tests()
+upstream = upstream_module("kombu", "t/unit/test_simple.py", "kombu_upstream_test_simple")
 
 BACKENDS = ["sqlite", "redis", "rabbitmq"]
 RABBITMQ_PREFIXES: set[str] = set()

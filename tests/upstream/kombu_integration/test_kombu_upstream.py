@@ -9,31 +9,19 @@ only, does not: per-message TTLs are not enforced (capa_compat/kombu/transport.p
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from tests.celery_apps.harness import delete_rabbitmq_queues
 from tests.services import require
-from tests.upstream.sdist import source_tree
+from tests.upstream.sdist import upstream_module
 
 from capa_compat.kombu import Connection
 
-
-def _upstream_mixins() -> ModuleType:
-    path = source_tree("kombu") / "t" / "integration" / "common.py"
-    spec = importlib.util.spec_from_file_location("kombu_upstream_common", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _upstream_mixins()
+common = upstream_module("kombu", "t/integration/common.py", "kombu_upstream_common")
 
 BACKENDS = ["sqlite", "redis", "rabbitmq"]
 
