@@ -419,6 +419,11 @@ def _connection_class() -> type:
     """
     from pika.adapters.asyncio_connection import AsyncioConnection
 
+    if not all(hasattr(AsyncioConnection, name)
+               for name in ("_output_marshaled_frames", "_adapter_emit_data")):
+        plain: type = AsyncioConnection  # (pika's internals changed: frames go one by one)
+        return plain
+
     class Connection(AsyncioConnection):  # type: ignore[misc]
         def _output_marshaled_frames(self, marshaled_frames: Sequence[bytes]) -> None:
             if len(marshaled_frames) > 1:
