@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from kombu.exceptions import ContentDisallowed
 from tests.celery_apps.harness import delete_rabbitmq_queues
+from tests.conformance.support import settled
 from tests.services import require
 
 from capa_compat.kombu import (
@@ -85,15 +86,6 @@ def test_simple_queue_round_trip(conn: Connection) -> None:
     assert message.delivery_info["redelivered"] is True
     message.ack()
     queue.close()
-
-
-def settled(read: Any, expected: int, within: float = 5.0) -> int:
-    """``read()`` once it returns ``expected`` or ``within`` seconds passed (on RabbitMQ an
-    ``amqp://`` publisher does not wait for the broker, which counts a message a moment later)."""
-    deadline = time.monotonic() + within
-    while (value := read()) != expected and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return int(value)
 
 
 def test_queue_sizes_count_what_no_consumer_holds(conn: Connection) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conformance.support import settled
 from tests.role_process import RoleProcess, say
 from tests.services import require
 
@@ -63,15 +64,6 @@ def waiting(queue: str) -> int:
         return int(channel.queue_declare(queue, passive=True).method.message_count)
     finally:
         connection.close()
-
-
-def waiting_for(queue: str, expected: int, within: float = 5.0) -> int:
-    """Messages ready in ``queue`` once they number ``expected`` or ``within`` seconds passed:
-    an unconfirmed publish reaches a quorum queue a little after the client wrote it."""
-    deadline = time.monotonic() + within
-    while (count := waiting(queue)) != expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return count
 
 
 # --- settings (no broker needed) -----------------------------------------------------------------
@@ -221,12 +213,12 @@ def test_a_publisher_that_does_not_wait_loses_nothing_on_purge_or_close(exchange
         # orders them behind it): each of the 50 is either purged or still waiting.
         purged = made.purge("orders", "g")
         assert 0 < purged <= 50
-        assert waiting_for(queue, 50 - purged) == 50 - purged
+        assert settled(lambda: waiting(queue), 50 - purged) == 50 - purged
         for n in range(20):
             made.publish("orders", f"k{n}".encode(), {})
     finally:
         made.close()  # what was written before close reaches the queue
-    assert waiting_for(queue, 70 - purged) == 70 - purged
+    assert settled(lambda: waiting(queue), 70 - purged) == 70 - purged
 
 
 def test_delete_group_closes_its_channel_and_deletes_its_queue(

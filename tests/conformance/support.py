@@ -34,6 +34,15 @@ def wait_until(
         time.sleep(interval)
 
 
+def settled(read: Callable[[], Any], expected: Any, within: float = 5.0) -> Any:
+    """``read()`` once it returns ``expected``, or its last value after ``within`` seconds (what
+    a publisher that does not wait for the broker wrote is counted a moment later)."""
+    deadline = time.monotonic() + within
+    while (value := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
 def stays(condition: Callable[[], Any], duration: float, interval: float = 0.02) -> bool:
     """True when ``condition`` holds for the whole of ``duration`` seconds."""
     deadline = time.monotonic() + duration

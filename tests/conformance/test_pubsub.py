@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests.conformance.support import COMPONENT, RuntimeFactory, stays, wait_until
+from tests.conformance.support import COMPONENT, RuntimeFactory, settled, stays, wait_until
 
 from capa_core import HandlerResult, Message, PubSub, Runtime, UnsupportedFeature
 
@@ -589,12 +589,7 @@ class TestPubSubConformance:
         def settles_at(expected: int, group: str = "g") -> int:
             # A publisher that does not wait for the broker (publisherConfirm false) returns
             # before the message is counted; every other component counts it at once.
-            deadline = time.monotonic() + 5
-            while (count := bus.backlog(topic, group=group)) != expected:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
-            return count
+            return int(settled(lambda: bus.backlog(topic, group=group), expected))
 
         assert settles_at(5) == 5
         held = pull_n(bus, topic, 2, group="g")
